@@ -1,0 +1,274 @@
+"""Train one ResNet on CIFAR-10, or run a sweep of them with `-m`.
+
+    python train.py                                  # the paper's final model, AdamW
+    python train.py model=tiny trainer.epochs=1      # a quick run on the CPU
+    python train.py model=final dry_run=true         # parameter table and budget check only
+    python train.py -m hydra/sweeper=optuna          # Optuna search (see sweeper/)
+
+The parameter budget and every other config check run before data is loaded or an MLflow
+run is opened. The job returns the final validation accuracy, which sweeps maximise.
+"""
+import os
+import sys
+import tempfile
+import time
+
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from data import Augmentation, DatasetError, DeviceLoader, channel_stats, load_cifar10, split_train_val
+from models import ModelConfigError, build_model, param_report
+from training.optim import OptimConfigError, build_optimizer, build_scheduler
+from training.tracking import TrackingError, open_store, start_run
+
+# Targets Hydra 1.4 may instantiate from config (the sweeper, its samplers, the launchers).
+EXECUTION_WHITELIST = [
+    "sweeper.*",
+    "hydra_plugins.hydra_optuna_sweeper.*",
+    "hydra_plugins.hydra_joblib_launcher.*",
+    "optuna.samplers.*",
+]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class BudgetError(ValueError):
+    pass
+
+
+class DivergedError(RuntimeError):
+    pass
+
+
+USER_ERRORS = (ConfigError, BudgetError, ModelConfigError, DatasetError, OptimConfigError, TrackingError)
+
+
+def check_config(cfg):
+    """Everything that can be wrong with a config, checked in milliseconds. Returns the param report."""
+    report = param_report(cfg)
+    trainer = cfg.trainer
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        value = trainer[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"trainer.{key}={value!r} must be a positive integer")
+    if trainer.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"trainer.precision='{trainer.precision}' is unknown: use fp32, bf16 or fp16")
+    if trainer.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"trainer.device='{trainer.device}' is unknown: use auto, cpu or cuda")
+    if trainer.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible: use trainer.device=auto or cpu")
+    if trainer.tta not in ("none", "flip", "flip_shift"):
+        raise ConfigError(f"trainer.tta='{trainer.tta}' is unknown: use none, flip or flip_shift")
+    if trainer.ema_decay is not None and not 0 < trainer.ema_decay < 1:
+        raise ConfigError(f"trainer.ema_decay={trainer.ema_decay} must be in (0, 1), or null for no EMA")
+    try:
+        Augmentation(cfg.augmentation)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    model = build_model(cfg, device="meta")
+    build_scheduler(cfg, build_optimizer(cfg, model, "cpu"), steps_per_epoch=1, epochs=trainer.epochs)
+    return report
+
+
+def pick_device(cfg):
+    if cfg.trainer.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.trainer.device)
+
+
+def make_loaders(cfg, device, channels_last):
+    """uint8 CIFAR-10 on the training device; train/val split by a fixed seed; test kept apart."""
+    splits = load_cifar10(cfg.data.root, download_missing=cfg.data.download,
+                          expected_train=cfg.data.train_images, expected_test=cfg.data.test_images)
+    (train_x, train_y), (val_x, val_y) = split_train_val(*splits["train"], val_size=cfg.data.val_size,
+                                                         seed=cfg.data.split_seed, subset=cfg.data.subset)
+    mean, std = channel_stats(train_x)
+    common = dict(mean=mean, std=std, channels_last=channels_last)
+    train = DeviceLoader(train_x.to(device), train_y.to(device), cfg.trainer.batch_size, shuffle=True,
+                         drop_last=True, augment=Augmentation(cfg.augmentation), seed=cfg.trainer.seed, **common)
+    evaluation = dict(batch_size=cfg.trainer.eval_batch_size, **common)
+    val = DeviceLoader(val_x.to(device), val_y.to(device), **evaluation) if len(val_x) else None
+    test = DeviceLoader(splits["test"][0].to(device), splits["test"][1].to(device), **evaluation)
+    return train, val, test
+
+
+def tta_views(x, mode):
+    """Test-time augmentation: the image, its mirror, and (flip_shift) one-pixel shifts of both."""
+    views = [x]
+    if mode in ("flip", "flip_shift"):
+        views.append(x.flip(3))
+    if mode == "flip_shift":
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        views += [padded[..., :-2, :-2], padded[..., 2:, 2:]]
+    return views
+
+
+@torch.inference_mode()
+def evaluate(model, loader, autocast, tta="none"):
+    """Mean loss and accuracy over a loader; accumulated on the device, one sync at the end."""
+    model.eval()
+    loss_sum = torch.zeros((), device=loader.images.device)
+    correct = torch.zeros((), device=loader.images.device, dtype=torch.long)
+    for x, y in loader:
+        with autocast:
+            logits = sum(model(view).float().softmax(1) for view in tta_views(x, tta)).log()
+        loss_sum += F.nll_loss(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    n = len(loader.images)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def format_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def train(cfg: DictConfig):
+    report = check_config(cfg)
+    if cfg.dry_run:
+        print(report.table())
+        print(report.summary_line())
+        return None
+    if not report.feasible:
+        raise BudgetError(report.over_budget_message())
+
+    import mlflow
+    open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)  # fails fast if the store is unreachable
+    device = pick_device(cfg)
+    torch.manual_seed(cfg.trainer.seed)
+    channels_last = device.type == "cuda" if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.trainer.precision]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
+
+    train_loader, val_loader, test_loader = make_loaders(cfg, device, channels_last)
+    model = build_model(cfg, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model, device.type)
+    scheduler = build_scheduler(cfg, optimizer, len(train_loader), cfg.trainer.epochs)
+    ema = None
+    if cfg.trainer.ema_decay:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.trainer.ema_decay), use_buffers=True)
+    forward = torch.compile(model) if cfg.trainer.compile else model
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+
+    out_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else tempfile.mkdtemp()
+    run = start_run(cfg, report.total)
+    print(f"{cfg.model.name}: {report.total:,} parameters | {len(train_loader.images):,} train / "
+          f"{len(val_loader.images) if val_loader else 0:,} val images | {device} {cfg.trainer.precision} | "
+          f"mlflow run {run.info.run_id}", flush=True)
+    history, started, epochs, steps = [], time.perf_counter(), cfg.trainer.epochs, len(train_loader)
+    try:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            epoch_start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            for step, (x, y) in enumerate(train_loader, 1):
+                with autocast:
+                    logits = forward(x)
+                    loss = criterion(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.trainer.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+                if cfg.trainer.log_every and step % cfg.trainer.log_every == 0 and step < steps:
+                    running = loss_sum.item() / seen  # the one sync per display line
+                    if not torch.isfinite(torch.tensor(running)):
+                        raise DivergedError(f"training loss became {running} at epoch {epoch}, step {step}")
+                    rate = seen / (time.perf_counter() - epoch_start)
+                    print(f"  epoch {epoch} step {step}/{steps} loss {running:.4f} {rate:,.0f} img/s", flush=True)
+            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+            if not torch.isfinite(torch.tensor(train_loss)):
+                raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
+            train_time = time.perf_counter() - epoch_start
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                   "lr": optimizer.param_groups[0]["lr"], "images_per_sec": seen / train_time,
+                   "epoch_time": train_time}
+            if val_loader is not None:
+                row["val_loss"], row["val_acc"] = evaluate(ema or model, val_loader, autocast)
+            row["epoch_time"] = time.perf_counter() - epoch_start
+            history.append(row)
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            elapsed = time.perf_counter() - started
+            val_text = f" | val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if val_loader else ""
+            print(f"epoch {epoch}/{epochs} | train loss {train_loss:.4f} acc {100 * train_acc:.2f}%{val_text} | "
+                  f"lr {row['lr']:.2e} | {row['images_per_sec']:,.0f} img/s | {format_time(elapsed)} elapsed, "
+                  f"{format_time(elapsed / epoch * (epochs - epoch))} left", flush=True)
+
+        test_loss, test_acc = evaluate(ema or model, test_loader, autocast, tta=cfg.trainer.tta)
+        final = {"test_loss": test_loss, "test_acc": test_acc, "train_time": time.perf_counter() - started}
+        if val_loader is not None:
+            final["final_val_acc"] = history[-1]["val_acc"]
+        mlflow.log_metrics(final)
+        save_artifacts(cfg, ema.module if ema else model, history, report, out_dir)
+        print(f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | val acc "
+              f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
+              flush=True)
+    except BaseException as err:
+        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.end_run(status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    mlflow.end_run()
+    # Sweeps maximise validation accuracy; with no validation split, the test accuracy stands in.
+    return history[-1]["val_acc"] if val_loader is not None else test_acc
+
+
+def save_artifacts(cfg, model, history, report, out_dir):
+    import mlflow
+
+    from training.plots import training_curves
+    os.makedirs(out_dir, exist_ok=True)
+    config_path = os.path.join(out_dir, "resolved_config.yaml")
+    OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), config_path)
+    table_path = os.path.join(out_dir, "param_table.txt")
+    with open(table_path, "w") as f:
+        f.write(report.table() + "\n" + report.summary_line() + "\n")
+    curves = training_curves(history, os.path.join(out_dir, "training_curves.png"), title=str(cfg.model.name))
+    for path in (config_path, table_path, curves):
+        mlflow.log_artifact(path)
+    if cfg.mlflow.log_model:
+        weights = os.path.join(out_dir, "model_state_dict.pt")
+        torch.save(model.state_dict(), weights)
+        mlflow.log_artifact(weights, "model")
+
+
+def in_multirun():
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(config_path="conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
+def main(cfg: DictConfig):
+    try:
+        return train(cfg)
+    except USER_ERRORS as err:
+        if in_multirun():
+            raise  # the sweeper records the trial as failed and goes on
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
