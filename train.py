@@ -22,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import Augmentation, DatasetError, DeviceLoader, channel_stats, load_cifar10, split_train_val
 from models import ModelConfigError, build_model, param_report
+from training import checkpoint
+from training.checkpoint import CheckpointError
 from training.optim import OptimConfigError, build_optimizer, build_scheduler
 from training.tracking import TrackingError, open_store, start_run
 
@@ -46,7 +48,8 @@ class DivergedError(RuntimeError):
     pass
 
 
-USER_ERRORS = (ConfigError, BudgetError, ModelConfigError, DatasetError, OptimConfigError, TrackingError)
+USER_ERRORS = (ConfigError, BudgetError, ModelConfigError, DatasetError, OptimConfigError, TrackingError,
+               CheckpointError)
 
 
 def check_config(cfg):
@@ -141,6 +144,8 @@ def train(cfg: DictConfig):
 
     import mlflow
     open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)  # fails fast if the store is unreachable
+    ckpt_path = checkpoint.checkpoint_path(cfg)
+    resumed = checkpoint.load(ckpt_path, cfg) if cfg.trainer.resume else None
     device = pick_device(cfg)
     torch.manual_seed(cfg.trainer.seed)
     channels_last = device.type == "cuda" if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last)
@@ -161,17 +166,25 @@ def train(cfg: DictConfig):
     if cfg.trainer.ema_decay:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.trainer.ema_decay), use_buffers=True)
+    if resumed:
+        checkpoint.restore(resumed, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
+                           train_loader=train_loader)
     forward = torch.compile(model) if cfg.trainer.compile else model
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
 
     out_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else tempfile.mkdtemp()
-    run = start_run(cfg, report.total)
+    run = start_run(cfg, report.total, run_id=resumed["mlflow_run_id"] if resumed else None)
+    if resumed:
+        checkpoint.continue_run(resumed)
+        print(f"resuming after epoch {resumed['epoch']} from {ckpt_path}", flush=True)
     print(f"{cfg.model.name}: {report.total:,} parameters | {len(train_loader.images):,} train / "
           f"{len(val_loader.images) if val_loader else 0:,} val images | {device} {cfg.trainer.precision} | "
           f"mlflow run {run.info.run_id}", flush=True)
-    history, started, epochs, steps = [], time.perf_counter(), cfg.trainer.epochs, len(train_loader)
+    history = resumed["history"] if resumed else []
+    started = time.perf_counter() - (resumed["elapsed"] if resumed else 0.0)
+    epochs, steps = cfg.trainer.epochs, len(train_loader)
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(len(history) + 1, epochs + 1):
             model.train()
             epoch_start = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
@@ -211,6 +224,10 @@ def train(cfg: DictConfig):
                 row["val_loss"], row["val_acc"] = evaluate(ema or model, val_loader, autocast)
             row["epoch_time"] = time.perf_counter() - epoch_start
             history.append(row)
+            checkpoint.save(ckpt_path, checkpoint.capture(
+                cfg, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
+                train_loader=train_loader, history=history, run_id=run.info.run_id,
+                elapsed=time.perf_counter() - started))
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             elapsed = time.perf_counter() - started
             val_text = f" | val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if val_loader else ""
@@ -232,6 +249,8 @@ def train(cfg: DictConfig):
         mlflow.end_run(status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run()
+    if not cfg.trainer.keep_checkpoint:
+        checkpoint.remove(ckpt_path)
     # Sweeps maximise validation accuracy; with no validation split, the test accuracy stands in.
     return history[-1]["val_acc"] if val_loader is not None else test_acc
 

@@ -1,0 +1,96 @@
+"""Helpers for the fault tests: synthetic CIFAR-10 files, train.py subprocesses, real servers."""
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = str(REPO / "conf")
+
+
+def write_cifar(root, per_file=24, test=40, seed=0):
+    """Learnable fake CIFAR-10 in the real pickle format under root/cifar-10-batches-py."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, n in [(f"data_batch_{i}", per_file) for i in range(1, 6)] + [("test_batch", test)]:
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 80, (n, 3, 32, 32), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            row, col = divmod(int(label), 5)
+            images[i, int(label) % 3, 4 + row * 14:14 + row * 14, 2 + col * 6:8 + col * 6] = 240
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, "labels": labels.tolist(), "data": images.reshape(n, -1)}, f)
+    return Path(root)
+
+
+def data_overrides(root, per_file=24, test=40):
+    return [f"data.root={root}", f"data.train_images={5 * per_file}", f"data.test_images={test}",
+            "data.val_size=40", "trainer.device=cpu", "trainer.log_every=0", "mlflow.log_model=false"]
+
+
+# model=tiny at an eighth of its width: a CPU epoch on 80 images takes well under a second.
+MICRO_MODEL = ["model=tiny", "stem.channels=8", "model.layers.layer1.channels=8", "model.layers.layer2.channels=16",
+               "model.layers.layer3.channels=32", "augmentation=none"]
+
+
+def tiny_overrides(root, store_uri, epochs=2):
+    return data_overrides(root) + MICRO_MODEL + [f"trainer.epochs={epochs}", "trainer.batch_size=40",
+                                                 f"mlflow.tracking_uri={store_uri}"]
+
+
+def train_env():
+    # One thread: on a busy 2-core machine, torch's thread pool makes a tiny model 10x slower.
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    for key in ("MLFLOW_TRACKING_URI", "CIFAR10_ROOT"):
+        env.pop(key, None)
+    return env
+
+
+def run_train(overrides, cwd, timeout=120, extra=()):
+    """train.py in a subprocess; returns the CompletedProcess (stdout, stderr as text)."""
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *extra, *overrides], cwd=cwd,
+                          env=train_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout, process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+_EMPTY_STORE = {}
+
+
+def fresh_sqlite_store(folder):
+    """An MLflow sqlite store in `folder`, copied from one made once per session (MLflow's schema
+    migrations take seconds per new database)."""
+    import shutil
+    import tempfile
+    if "path" not in _EMPTY_STORE:
+        import mlflow
+        template = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
+        mlflow.MlflowClient(f"sqlite:///{template}").search_experiments()
+        _EMPTY_STORE["path"] = template
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    target = Path(folder) / "mlflow.db"
+    shutil.copy(_EMPTY_STORE["path"], target)
+    return f"sqlite:///{target}"

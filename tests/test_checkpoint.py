@@ -1,0 +1,123 @@
+"""Kill training hard, resume it, and get the run an uninterrupted one would have given."""
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from tests.faultkit import CONF_DIR, REPO, fresh_sqlite_store, tiny_overrides, train_env, write_cifar
+from training import checkpoint
+
+EPOCHS = 8
+
+
+def compose_cfg(overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
+def metric_steps(client, run_id, key):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_sigkilled_training_resumes_into_the_same_run(tmp_path, monkeypatch):
+    data = write_cifar(tmp_path / "data")
+    store = fresh_sqlite_store(tmp_path)
+    overrides = tiny_overrides(data, store, epochs=EPOCHS)
+    command = [sys.executable, str(REPO / "train.py"), *overrides]
+    job = subprocess.Popen(command, cwd=tmp_path, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("checkpoints/*/last.pt")) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL, job.stdout.read().decode()[-2000:]
+    [ckpt] = tmp_path.glob("checkpoints/*/last.pt")
+    killed_at = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= killed_at < EPOCHS
+
+    client = mlflow.MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("cifar10-resnet").experiment_id])
+    assert run.info.status == "RUNNING"  # SIGKILL leaves no chance to close it
+
+    resumed = subprocess.run(command + ["trainer.resume=true"], cwd=tmp_path, env=train_env(),
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming after epoch {killed_at}" in resumed.stdout
+    [run] = client.search_runs([run.info.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["resumed_from_epoch"] == str(killed_at)
+    for key in ("train_loss", "val_acc", "lr", "epoch_time"):
+        assert metric_steps(client, run.info.run_id, key) == list(range(1, EPOCHS + 1)), key
+    assert "test_acc" in run.data.metrics
+    assert not ckpt.exists()  # finished runs drop their checkpoint
+
+    # Same config, never interrupted, in this process: RNG, optimizer and schedule restored exactly.
+    import train
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocesses
+    try:
+        train.train(compose_cfg(overrides + ["mlflow.experiment=reference"]))
+    finally:
+        torch.set_num_threads(threads)
+    [ref] = client.search_runs([client.get_experiment_by_name("reference").experiment_id])
+    for key in ("train_loss", "val_loss", "lr"):
+        got = [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+        want = [m.value for m in sorted(client.get_metric_history(ref.info.run_id, key), key=lambda m: m.step)]
+        assert got == pytest.approx(want, rel=1e-5), key
+
+
+def test_a_half_written_checkpoint_is_never_loaded(tmp_path, monkeypatch):
+    cfg = compose_cfg([f"trainer.checkpoint_dir={tmp_path}/ckpt", f"mlflow.tracking_uri={fresh_sqlite_store(tmp_path)}"])
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    with mlflow.start_run() as run:
+        pass
+    path = checkpoint.checkpoint_path(cfg)
+    state = {"config_key": checkpoint.config_key(cfg), "epoch": 1, "mlflow_run_id": run.info.run_id,
+             "weights": torch.arange(1000.0)}
+    checkpoint.save(path, state)
+
+    real_save = torch.save
+
+    def killed_halfway(obj, f):  # the process dies after writing part of the new checkpoint
+        real_save(obj, f)
+        f.flush()
+        f.truncate(f.tell() // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, dict(state, epoch=2, weights=torch.zeros(1000)))
+    monkeypatch.setattr(torch, "save", real_save)
+
+    partial = path.with_name(path.name + ".tmp")
+    assert 0 < partial.stat().st_size < path.stat().st_size
+    with pytest.raises(Exception):
+        torch.load(partial, weights_only=True)  # it really is unreadable
+    loaded = checkpoint.load(path, cfg)
+    assert loaded["epoch"] == 1 and torch.equal(loaded["weights"], torch.arange(1000.0))
+
+    # A damaged file in place of last.pt (a disk fault, not our write) is named, not half-used.
+    path.write_bytes(partial.read_bytes())
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be read.*trainer.resume=false"):
+        checkpoint.load(path, cfg)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    store = fresh_sqlite_store(tmp_path)
+    cfg = compose_cfg([f"trainer.checkpoint_dir={tmp_path}/ckpt", f"mlflow.tracking_uri={store}"])
+    other = compose_cfg([f"trainer.checkpoint_dir={tmp_path}/ckpt", f"mlflow.tracking_uri={store}",
+                         "optimizer=sgd"])
+    checkpoint.save(checkpoint.checkpoint_path(cfg), {"config_key": checkpoint.config_key(cfg), "epoch": 1})
+    with pytest.raises(checkpoint.CheckpointError, match="different config"):
+        checkpoint.load(checkpoint.checkpoint_path(other), other)
+    # The default folder is the same for the same command, with or without resume, and differs otherwise.
+    plain = compose_cfg(["model=tiny"])
+    assert checkpoint.checkpoint_path(plain) == checkpoint.checkpoint_path(
+        compose_cfg(["model=tiny", "trainer.resume=true", "trainer.log_every=0"]))
+    assert checkpoint.checkpoint_path(plain) != checkpoint.checkpoint_path(compose_cfg(["model=tiny", "trainer.seed=1"]))

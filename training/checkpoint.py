@@ -1,0 +1,133 @@
+"""Per-epoch checkpoints: everything a killed run needs to go on exactly where it stopped.
+
+One file per run, `last.pt`, replaced after every epoch by writing `last.pt.tmp`, syncing it
+to disk and renaming it over the old one (os.replace is atomic), so a process killed while
+writing leaves the previous checkpoint whole and a half-written file is never loaded.
+
+Where: `trainer.checkpoint_dir`, or by default `checkpoints/<model>-<config key>` under the
+directory train.py was started from. The key is a hash of the resolved config without the
+keys that do not change what is trained (resume, log_every, ...), so running the same command
+again, with trainer.resume=true, finds the same directory; Hydra's timestamped output
+directory would not.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+FILE = "last.pt"
+# trainer keys that do not change the training itself, so they do not change the checkpoint's key.
+NOT_IN_KEY = ("resume", "checkpoint_dir", "keep_checkpoint", "log_every")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def config_key(cfg) -> str:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra", None)
+    resolved.pop("dry_run", None)
+    for key in NOT_IN_KEY:
+        resolved.get("trainer", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def checkpoint_path(cfg) -> Path:
+    from hydra.utils import to_absolute_path  # the launch directory, even with hydra.job.chdir=true
+    folder = cfg.trainer.get("checkpoint_dir") or os.path.join("checkpoints", f"{cfg.model.name}-{config_key(cfg)}")
+    return Path(to_absolute_path(str(folder))) / FILE
+
+
+def save(path: Path, state: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: Path, cfg):
+    """The last whole checkpoint for this config, or None. Temp files from a killed save are ignored.
+
+    Call after the MLflow store is open: the checkpoint's run must be in it.
+    """
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); delete it "
+                              f"or set trainer.resume=false to start over") from err
+    if state.get("config_key") != config_key(cfg):
+        raise CheckpointError(f"checkpoint {path} was written for a different config: set trainer.checkpoint_dir "
+                              f"to another folder, or trainer.resume=false to start over")
+    import mlflow
+    try:
+        mlflow.get_run(state["mlflow_run_id"])
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} logs to MLflow run {state['mlflow_run_id']}, which "
+                              f"{cfg.mlflow.tracking_uri} does not have: use the store it was started with, "
+                              f"or trainer.resume=false to start over") from err
+    return state
+
+
+def remove(path: Path):
+    """Drop a finished run's checkpoint (its weights are in MLflow); the folder too if nothing else is there."""
+    for leftover in (path, path.with_name(path.name + ".tmp")):
+        leftover.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def continue_run(state):
+    """After reopening the run: log the epochs the checkpoint has but MLflow lacks (killed between saving
+    and logging), so the run ends with each epoch logged exactly once."""
+    import mlflow
+    client, run_id = mlflow.MlflowClient(), state["mlflow_run_id"]
+    logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+    for row in state["history"]:
+        if row["epoch"] not in logged:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    if "error" in client.get_run(run_id).data.tags:  # left by an interrupted attempt
+        client.delete_tag(run_id, "error")
+    mlflow.set_tag("resumed_from_epoch", str(state["epoch"]))
+
+
+def capture(cfg, *, model, optimizer, scheduler, scaler, ema, train_loader, history, run_id, elapsed):
+    """The state after a finished epoch (len(history) epochs done)."""
+    return {
+        "config_key": config_key(cfg),
+        "epoch": len(history),
+        "history": history,
+        "mlflow_run_id": run_id,
+        "elapsed": elapsed,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng_loader": train_loader.generator.get_state(),
+    }
+
+
+def restore(state, *, model, optimizer, scheduler, scaler, ema, train_loader):
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    if ema is not None and state["ema"] is not None:
+        ema.load_state_dict(state["ema"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    train_loader.generator.set_state(state["rng_loader"])
