@@ -68,6 +68,9 @@ def layer_specs(model_cfg, blocks_cfg) -> list[LayerSpec]:
         if block == "bottleneck" and channels % reduction != 0:
             raise ModelConfigError(f"{where}: bottleneck channels {channels} are not divisible by "
                                    f"blocks.bottleneck_reduction={reduction}: pick a multiple of {reduction}")
+        if block == "bottleneck" and kernel == 2 and str(blocks_cfg.k2_design) == "pad":
+            raise ModelConfigError(f"{where}: a kernel-2 bottleneck has one spatial conv, so the 'pad' design "
+                                   f"(conv1 p1, conv2 p0) cannot restore its size: use blocks=k2_avgpool")
         specs.append(LayerSpec(str(name), block, blocks, channels, dropout, kernel))
     return specs
 

@@ -1,0 +1,113 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from data import DatasetError, DeviceLoader, channel_stats, load_cifar10, split_train_val
+from data import cifar10
+from tests.conftest import SHARED_CIFAR, write_batch, write_cifar
+
+
+def test_reads_batches_into_uint8_tensors(cifar_root):
+    splits = load_cifar10(cifar_root, expected_train=500, expected_test=200)
+    x, y = splits["train"]
+    assert x.shape == (500, 3, 32, 32) and x.dtype == torch.uint8
+    assert y.shape == (500,) and y.dtype == torch.int64 and 0 <= y.min() and y.max() <= 9
+    assert splits["test"][0].shape == (200, 3, 32, 32)
+    # root may also be the batches folder itself
+    assert load_cifar10(cifar_root / "cifar-10-batches-py", expected_train=500, expected_test=200)
+
+
+def test_missing_dataset_names_the_fix(tmp_path):
+    with pytest.raises(DatasetError, match="CIFAR10_ROOT.*data.download=true"):
+        load_cifar10(tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "cannot read"),
+    ("shape", r"uint8 \[N, 3072\]"),
+    ("labels", "labels outside 0..9"),
+    ("count", "expected 500"),
+    ("not_dict", "not a CIFAR-10 batch"),
+])
+def test_corrupted_files_are_rejected(tmp_path, damage, message):
+    root = write_cifar(tmp_path)
+    path = root / "cifar-10-batches-py" / "data_batch_3"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "shape":
+        write_batch(path, np.zeros((100, 1024), np.uint8), [0] * 100)
+    elif damage == "labels":
+        write_batch(path, np.zeros((100, 3072), np.uint8), [12] * 100)
+    elif damage == "count":
+        write_batch(path, np.zeros((99, 3072), np.uint8), [0] * 99)
+    else:
+        path.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(DatasetError, match=message):
+        load_cifar10(root, expected_train=500, expected_test=200)
+
+
+def test_split_is_fixed_disjoint_and_subsettable():
+    x = torch.arange(1000).view(-1, 1, 1, 1).expand(-1, 3, 32, 32).to(torch.uint8)
+    y = torch.arange(1000)
+    (tx, ty), (vx, vy) = split_train_val(x, y, val_size=100, seed=0)
+    (tx2, ty2), (vx2, vy2) = split_train_val(x, y, val_size=100, seed=0)
+    assert torch.equal(vy, vy2) and len(vy) == 100 and len(ty) == 900
+    assert not set(ty.tolist()) & set(vy.tolist())
+    (sx, sy), (_, vy3) = split_train_val(x, y, val_size=100, seed=0, subset=50)
+    assert len(sy) == 50 and torch.equal(vy3, vy)
+
+
+@pytest.fixture
+def local_http(tmp_path):
+    """Serve tmp_path over HTTP on 127.0.0.1, so the download path runs without a network."""
+    import functools
+    import http.server
+    import threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_path_fetches_and_checks_md5(tmp_path, monkeypatch, local_http):
+    import hashlib
+    import tarfile
+    source = write_cifar(tmp_path / "src")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(cifar10, "ARCHIVE_URL", f"{local_http}/{archive.name}")
+    monkeypatch.setattr(cifar10, "ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    splits = load_cifar10(tmp_path / "dest", download_missing=True, expected_train=500, expected_test=200)
+    assert len(splits["train"][0]) == 500
+    monkeypatch.setattr(cifar10, "ARCHIVE_MD5", "0" * 32)
+    with pytest.raises(DatasetError, match="could not download"):
+        load_cifar10(tmp_path / "dest2", download_missing=True, expected_train=500, expected_test=200)
+
+
+def test_loader_normalises_and_covers_every_image():
+    x = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(10)
+    mean, std = channel_stats(x)
+    loader = DeviceLoader(x, y, batch_size=4, mean=mean, std=std, shuffle=True)
+    batches = list(loader)
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(10))
+    whole = torch.cat([b[0] for b in batches])
+    assert whole.dtype == torch.float32 and abs(whole.mean().item()) < 0.1
+    assert len(DeviceLoader(x, y, 4, mean, std, drop_last=True)) == 2
+
+
+@pytest.mark.skipif(not (SHARED_CIFAR / "cifar-10-batches-py").is_dir(), reason="shared CIFAR-10 copy not present")
+def test_shared_copy_is_real_cifar10():
+    splits = load_cifar10(SHARED_CIFAR)
+    (x, y), (tx, ty) = splits["train"], splits["test"]
+    assert len(x) == 50_000 and len(tx) == 10_000
+    assert y[:5].tolist() == [6, 9, 9, 4, 1] and ty[:5].tolist() == [3, 8, 8, 0, 6]
+    assert torch.bincount(y).tolist() == [5000] * 10
+    mean, std = channel_stats(x)
+    assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=1e-3)
+    assert torch.allclose(std, torch.tensor([0.2470, 0.2435, 0.2616]), atol=1e-3)

@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+import train
+from tests.conftest import REPO, compose_cfg, small_data_overrides
+
+
+def run_train(args, env, cwd):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_dry_run_prints_table_and_exact_last_line(tmp_path, train_env):
+    train_env["CIFAR10_ROOT"] = str(tmp_path / "no-data-here")  # proves no data is loaded
+    result = run_train(["model=final", "dry_run=true"], train_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "params=4997194 budget=5000000 feasible=true"
+    assert any(line.startswith("layer3 (26 blocks)") for line in lines)
+
+
+def test_over_budget_fails_before_data_and_leaves_no_run(tmp_path, train_env):
+    train_env["CIFAR10_ROOT"] = str(tmp_path / "no-data-here")
+    store = tmp_path / "store"
+    result = run_train(["model=resnet18", f"mlflow.tracking_uri=sqlite:///{store}.db"], train_env, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: model has 11,172,170 parameters")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "store.db").exists()   # no MLflow store touched, so no run in it
+
+
+def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store):
+    cfg = compose_cfg(["model=tiny", "trainer.epochs=3", "trainer.batch_size=50", "optimizer.lr=0.003",
+                       *small_data_overrides(cifar_root, mlflow_store)])
+    val_acc = train.train(cfg)
+    assert 0.0 <= val_acc <= 1.0
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.layers.layer3.blocks"] == "2" and run.data.params["num_params"] == "135370"
+    client = mlflow.MlflowClient()
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    for key in ("val_acc", "val_loss", "lr", "images_per_sec", "epoch_time"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 3
+    assert run.data.metrics["test_acc"] > 0.3            # learnable synthetic data, chance is 0.1
+    assert run.data.metrics["final_val_acc"] == pytest.approx(val_acc)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "model"} <= artifacts
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.batch_size=0", "trainer.batch_size=0 must be a positive integer"),
+    ("trainer.precision=fp8", "precision='fp8' is unknown"),
+    ("optimizer.name=lamb", "optimizer.name='lamb' is unknown"),
+    ("scheduler.name=warm", "scheduler.name='warm' is unknown"),
+    ("augmentation.name=mixup", "augmentation.name='mixup' is unknown"),
+])
+def test_bad_trainer_settings_fail_before_anything(override, message):
+    with pytest.raises(train.USER_ERRORS, match=message):
+        train.check_config(compose_cfg(["model=tiny", override]))
