@@ -25,7 +25,7 @@ from models import ModelConfigError, build_model, param_report
 from training import checkpoint
 from training.checkpoint import CheckpointError
 from training.optim import OptimConfigError, build_optimizer, build_scheduler
-from training.tracking import TrackingError, open_store, start_run
+from training.tracking import TrackingError, check_reachable, open_store, start_run
 
 # Targets Hydra 1.4 may instantiate from config (the sweeper, its samplers, the launchers).
 EXECUTION_WHITELIST = [
@@ -143,9 +143,7 @@ def train(cfg: DictConfig):
         raise BudgetError(report.over_budget_message())
 
     import mlflow
-    open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)  # fails fast if the store is unreachable
-    ckpt_path = checkpoint.checkpoint_path(cfg)
-    resumed = checkpoint.load(ckpt_path, cfg) if cfg.trainer.resume else None
+    check_reachable(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries, and before the data
     device = pick_device(cfg)
     torch.manual_seed(cfg.trainer.seed)
     channels_last = device.type == "cuda" if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last)
@@ -157,6 +155,10 @@ def train(cfg: DictConfig):
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
 
     train_loader, val_loader, test_loader = make_loaders(cfg, device, channels_last)
+    # A missing or damaged dataset stopped us above, before anything was written to the store.
+    open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
+    ckpt_path = checkpoint.checkpoint_path(cfg)
+    resumed = checkpoint.load(ckpt_path, cfg) if cfg.trainer.resume else None
     model = build_model(cfg, device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

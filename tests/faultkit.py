@@ -1,32 +1,19 @@
 """Helpers for the fault tests: synthetic CIFAR-10 files, train.py subprocesses, real servers."""
 import os
-import pickle
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = str(REPO / "conf")
 
 
 def write_cifar(root, per_file=24, test=40, seed=0):
-    """Learnable fake CIFAR-10 in the real pickle format under root/cifar-10-batches-py."""
-    folder = Path(root) / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for name, n in [(f"data_batch_{i}", per_file) for i in range(1, 6)] + [("test_batch", test)]:
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 80, (n, 3, 32, 32), dtype=np.uint8)
-        for i, label in enumerate(labels):
-            row, col = divmod(int(label), 5)
-            images[i, int(label) % 3, 4 + row * 14:14 + row * 14, 2 + col * 6:8 + col * 6] = 240
-        with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": labels.tolist(), "data": images.reshape(n, -1)}, f)
-    return Path(root)
+    """Synthetic CIFAR-10 (tests/conftest.py's), small: 5 x 24 training and 40 test images."""
+    from tests.conftest import write_cifar as write
+    return write(root, per_file=per_file, test=test, seed=seed)
 
 
 def data_overrides(root, per_file=24, test=40):

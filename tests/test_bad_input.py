@@ -1,0 +1,117 @@
+"""Bad input: each is one clear line before any training, and nothing reaches the stores.
+
+Most cases run in this process through train.train() (imports paid once); a few run train.py as
+real subprocesses, all at once, to prove the exit codes and that no traceback is printed.
+"""
+import subprocess
+import sys
+import time
+
+import pytest
+
+import train
+from tests.conftest import compose_cfg
+from tests.faultkit import REPO, data_overrides, free_port, train_env, write_cifar
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A good synthetic dataset and a copy whose data_batch_3 is cut short."""
+    good = write_cifar(tmp_path_factory.mktemp("good"))
+    bad = write_cifar(tmp_path_factory.mktemp("corrupt"))
+    batch = bad / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:5000])
+    return {"good": good, "corrupt": bad, "missing": tmp_path_factory.mktemp("empty") / "nothing"}
+
+
+CASES = [  # (id, overrides, dataset, message that must appear)
+    ("unknown block", ["model.layers.layer1.block=inverted"], "good",
+     "model.layers.layer1.block='inverted' is unknown: use one of basic, bottleneck"),
+    ("unknown optimizer", ["optimizer.name=lamb"], "good", "optimizer.name='lamb' is unknown: use one of"),
+    ("unknown scheduler", ["scheduler.name=warm"], "good", "scheduler.name='warm' is unknown: use one of"),
+    ("unknown augmentation", ["augmentation.name=mixup"], "good", "augmentation.name='mixup' is unknown"),
+    ("zero blocks", ["model.layers.layer2.blocks=0"], "good", "model.layers.layer2.blocks=0: a layer needs at least 1 block"),
+    ("negative blocks", ["model.layers.layer1.blocks=-2"], "good", "model.layers.layer1.blocks=-2"),
+    ("zero channels", ["model.layers.layer1.channels=0"], "good", "model.layers.layer1.channels=0: channels must be"),
+    ("negative channels", ["model.layers.layer3.channels=-64"], "good", "model.layers.layer3.channels=-64"),
+    ("zero stem channels", ["stem.channels=0"], "good", "stem 'conv5x5': channels, kernel_size and stride must be > 0"),
+    ("dropout 1", ["model.dropout=1.0"], "good", "dropout=1.0: dropout must be in [0, 1)"),
+    ("negative dropout", ["model.layers.layer2.dropout=-0.1"], "good", "model.layers.layer2.dropout=-0.1: dropout must be in [0, 1)"),
+    ("bottleneck channels", ["model.layers.layer3.channels=130"], "good",
+     "bottleneck channels 130 are not divisible by blocks.bottleneck_reduction=4"),
+    ("kernel-2 with 5x5 stem", ["model=resnet18_k2_pad", "stem=conv5x5"], "good",
+     "Kernel-2 blocks need even feature maps at each stride-2 block: use stem=conv3x3"),
+    ("batch size 0", ["trainer.batch_size=0"], "good", "trainer.batch_size=0 must be a positive integer"),
+    ("negative batch size", ["trainer.batch_size=-32"], "good", "trainer.batch_size=-32 must be a positive integer"),
+    ("missing dataset", [], "missing", "CIFAR-10 not found"),
+    ("corrupted dataset", [], "corrupt", "as a CIFAR-10 batch"),
+    ("dataset of the wrong size", ["data.train_images=50000"], "good", "expected 50,000 images"),
+    ("over budget", ["model=resnet18"], "good", "over the budget of 5,000,000"),
+]
+
+
+@pytest.mark.parametrize("overrides, dataset, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_stops_before_training_and_writes_nothing(overrides, dataset, message, data, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where default checkpoints would go
+    store = tmp_path / "mlflow.db"
+    cfg = compose_cfg(["model=tiny", *data_overrides(data[dataset]), f"mlflow.tracking_uri=sqlite:///{store}",
+                       "trainer.epochs=1", *overrides])
+    with pytest.raises(train.USER_ERRORS) as caught:
+        train.train(cfg)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert not store.exists()  # no store, so no run in it
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unreachable_tracking_server_fails_in_seconds(data):
+    port = free_port()  # bound and released: nothing listens there
+    cfg = compose_cfg(["model=tiny", *data_overrides(data["missing"]), f"mlflow.tracking_uri=http://127.0.0.1:{port}"])
+    started = time.perf_counter()
+    with pytest.raises(train.TrackingError, match=f"http://127.0.0.1:{port} cannot be reached"):
+        train.train(cfg)  # the dataset is missing too: the store is checked first, before any data
+    assert time.perf_counter() - started < 5
+
+
+SUBPROCESS_CASES = {  # id: (arguments, exit code, text on stderr)
+    "unknown stem group option": (["stem=foo"], 1, "Could not find 'stem/foo'"),
+    "unknown block": (["model.layers.layer1.block=foo"], 2,
+                      "error: model.layers.layer1.block='foo' is unknown: use one of basic, bottleneck"),
+    "corrupted dataset": (["data.root={corrupt}"], 2, "error: cannot read "),
+    "unreachable tracking server": (["data.root={missing}", "mlflow.tracking_uri=http://127.0.0.1:{port}"], 2,
+                                    "error: MLflow tracking server http://127.0.0.1:{port} cannot be reached"),
+}
+
+
+@pytest.fixture(scope="module")
+def subprocess_results(data, tmp_path_factory):
+    """Start every train.py at once (imports dominate), then collect them."""
+    port = free_port()
+    jobs = {}
+    for name, (args, _, _) in SUBPROCESS_CASES.items():
+        cwd = tmp_path_factory.mktemp("job")
+        args = [a.format(port=port, **data) for a in args]
+        base = ["model=tiny", *data_overrides(data["good"]), f"mlflow.tracking_uri=sqlite:///{cwd}/mlflow.db"]
+        jobs[name] = (cwd, subprocess.Popen([sys.executable, str(REPO / "train.py"), *base, *args], cwd=cwd,
+                                            env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True))
+    results = {}
+    for name, (cwd, job) in jobs.items():
+        out, err = job.communicate(timeout=240)
+        results[name] = (job.returncode, out, err, cwd, port)
+    return results
+
+
+@pytest.mark.parametrize("name", list(SUBPROCESS_CASES))
+def test_train_py_exits_cleanly_on_bad_input(name, subprocess_results):
+    code, out, err, cwd, port = subprocess_results[name]
+    _, want_code, want_text = SUBPROCESS_CASES[name]
+    assert code == want_code, err
+    assert want_text.format(port=port) in err
+    assert "Traceback" not in err and "Traceback" not in out
+    if want_code == 2:  # ours: exactly one line
+        assert len(err.strip().splitlines()) == 1, err
+    else:  # Hydra's: the problem first, then the options to pick from
+        assert err.strip().splitlines()[0].startswith("In 'config': Could not find") and "Available options" in err
+    assert not (cwd / "mlflow.db").exists() and not (cwd / "checkpoints").exists()
