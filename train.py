@@ -14,6 +14,8 @@ import tempfile
 import time
 
 import hydra
+import optuna
+from hydra.core.plugins import Plugins
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import Augmentation, DatasetError, DeviceLoader, channel_stats, load_cifar10, split_train_val
 from models import ModelConfigError, build_model, param_report
+from sweeper.constrained import ConstrainedOptunaSweeper
+from sweeper.trial import DivergedError, Pruned, TrialReporter
 from training.optim import OptimConfigError, build_optimizer, build_scheduler
 from training.tracking import TrackingError, open_store, start_run
 
@@ -34,15 +38,15 @@ EXECUTION_WHITELIST = [
 ]
 
 
+# Hydra finds plugins in the hydra_plugins namespace; ours lives in this repo, so register it by hand.
+Plugins.instance().register(ConstrainedOptunaSweeper)
+
+
 class ConfigError(ValueError):
     pass
 
 
 class BudgetError(ValueError):
-    pass
-
-
-class DivergedError(RuntimeError):
     pass
 
 
@@ -165,6 +169,7 @@ def train(cfg: DictConfig):
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
 
     out_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else tempfile.mkdtemp()
+    trial = TrialReporter.from_cfg(cfg)  # None unless this job is a sweep trial
     run = start_run(cfg, report.total)
     print(f"{cfg.model.name}: {report.total:,} parameters | {len(train_loader.images):,} train / "
           f"{len(val_loader.images) if val_loader else 0:,} val images | {device} {cfg.trainer.precision} | "
@@ -217,6 +222,8 @@ def train(cfg: DictConfig):
             print(f"epoch {epoch}/{epochs} | train loss {train_loss:.4f} acc {100 * train_acc:.2f}%{val_text} | "
                   f"lr {row['lr']:.2e} | {row['images_per_sec']:,.0f} img/s | {format_time(elapsed)} elapsed, "
                   f"{format_time(elapsed / epoch * (epochs - epoch))} left", flush=True)
+            if trial is not None:
+                trial.report(row.get("val_acc", train_acc), epoch)  # raises optuna.TrialPruned
 
         test_loss, test_acc = evaluate(ema or model, test_loader, autocast, tta=cfg.trainer.tta)
         final = {"test_loss": test_loss, "test_acc": test_acc, "train_time": time.perf_counter() - started}
@@ -228,9 +235,17 @@ def train(cfg: DictConfig):
               f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
               flush=True)
     except BaseException as err:
+        pruned = type(err).__name__ == "TrialPruned"
         mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run(status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if trial is not None:
+            mlflow.set_tag("trial_state", "PRUNED" if pruned else "FAIL")
+        mlflow.end_run(status="KILLED" if pruned or isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        if trial is not None:
+            trial.close()
+    if trial is not None:
+        mlflow.set_tag("trial_state", "COMPLETE")
     mlflow.end_run()
     # Sweeps maximise validation accuracy; with no validation split, the test accuracy stands in.
     return history[-1]["val_acc"] if val_loader is not None else test_acc
@@ -263,6 +278,8 @@ def in_multirun():
 def main(cfg: DictConfig):
     try:
         return train(cfg)
+    except optuna.TrialPruned as pruned:
+        return Pruned(str(pruned))  # a normal end for a sweep trial, not a job error
     except USER_ERRORS as err:
         if in_multirun():
             raise  # the sweeper records the trial as failed and goes on
