@@ -14,6 +14,8 @@ import tempfile
 import time
 
 import hydra
+import optuna
+from hydra.core.plugins import Plugins
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import Augmentation, DatasetError, DeviceLoader, channel_stats, load_cifar10, split_train_val
 from models import ModelConfigError, build_model, param_report
+from sweeper.constrained import ConstrainedOptunaSweeper
+from sweeper.trial import DivergedError, Pruned, TrialReporter
 from training import checkpoint
 from training.checkpoint import CheckpointError
 from training.optim import OptimConfigError, build_optimizer, build_scheduler
@@ -36,15 +40,15 @@ EXECUTION_WHITELIST = [
 ]
 
 
+# Hydra finds plugins in the hydra_plugins namespace; ours lives in this repo, so register it by hand.
+Plugins.instance().register(ConstrainedOptunaSweeper)
+
+
 class ConfigError(ValueError):
     pass
 
 
 class BudgetError(ValueError):
-    pass
-
-
-class DivergedError(RuntimeError):
     pass
 
 
@@ -175,6 +179,7 @@ def train(cfg: DictConfig):
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
 
     out_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else tempfile.mkdtemp()
+    trial = TrialReporter.from_cfg(cfg)  # None unless this job is a sweep trial
     run = start_run(cfg, report.total, run_id=resumed["mlflow_run_id"] if resumed else None)
     if resumed:
         checkpoint.continue_run(resumed)
@@ -236,6 +241,8 @@ def train(cfg: DictConfig):
             print(f"epoch {epoch}/{epochs} | train loss {train_loss:.4f} acc {100 * train_acc:.2f}%{val_text} | "
                   f"lr {row['lr']:.2e} | {row['images_per_sec']:,.0f} img/s | {format_time(elapsed)} elapsed, "
                   f"{format_time(elapsed / epoch * (epochs - epoch))} left", flush=True)
+            if trial is not None:
+                trial.report(row.get("val_acc", train_acc), epoch)  # raises optuna.TrialPruned
 
         test_loss, test_acc = evaluate(ema or model, test_loader, autocast, tta=cfg.trainer.tta)
         final = {"test_loss": test_loss, "test_acc": test_acc, "train_time": time.perf_counter() - started}
@@ -247,9 +254,19 @@ def train(cfg: DictConfig):
               f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
               flush=True)
     except BaseException as err:
+        pruned = type(err).__name__ == "TrialPruned"
         mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run(status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if trial is not None:
+            mlflow.set_tag("trial_state", "PRUNED" if pruned else "FAIL")
+        mlflow.end_run(status="KILLED" if pruned or isinstance(err, KeyboardInterrupt) else "FAILED")
+        if pruned:
+            checkpoint.remove(ckpt_path)  # a pruned trial is never continued
         raise
+    finally:
+        if trial is not None:
+            trial.close()
+    if trial is not None:
+        mlflow.set_tag("trial_state", "COMPLETE")
     mlflow.end_run()
     if not cfg.trainer.keep_checkpoint:
         checkpoint.remove(ckpt_path)
@@ -284,6 +301,8 @@ def in_multirun():
 def main(cfg: DictConfig):
     try:
         return train(cfg)
+    except optuna.TrialPruned as pruned:
+        return Pruned(str(pruned))  # a normal end for a sweep trial, not a job error
     except USER_ERRORS as err:
         if in_multirun():
             raise  # the sweeper records the trial as failed and goes on

@@ -42,8 +42,9 @@ def layer_specs(model_cfg, blocks_cfg) -> list[LayerSpec]:
     if not layers_cfg:
         raise ModelConfigError("model.layers is empty: give at least one residual layer, e.g. model=final")
     width_mult = float(model_cfg.get("width_mult", 1.0))
-    if width_mult <= 0:
-        raise ModelConfigError(f"model.width_mult must be > 0, got {width_mult}")
+    depth_mult = float(model_cfg.get("depth_mult", 1.0))
+    if width_mult <= 0 or depth_mult <= 0:
+        raise ModelConfigError(f"model.width_mult and model.depth_mult must be > 0, got {width_mult} and {depth_mult}")
     reduction = _int(blocks_cfg.bottleneck_reduction, "blocks.bottleneck_reduction")
     specs = []
     for name, layer in layers_cfg.items():
@@ -59,6 +60,7 @@ def layer_specs(model_cfg, blocks_cfg) -> list[LayerSpec]:
         if channels <= 0:
             raise ModelConfigError(f"{where}.channels={channels}: channels must be a positive integer")
         channels = scaled_channels(channels, width_mult)
+        blocks = max(1, round(blocks * depth_mult))
         dropout = float(layer.dropout if layer.dropout is not None else 0.0)
         if not 0.0 <= dropout < 1.0:
             raise ModelConfigError(f"{where}.dropout={dropout}: dropout must be in [0, 1)")

@@ -5,7 +5,7 @@ to disk and renaming it over the old one (os.replace is atomic), so a process ki
 writing leaves the previous checkpoint whole and a half-written file is never loaded.
 
 Where: `trainer.checkpoint_dir`, or by default `checkpoints/<model>-<config key>` under the
-directory train.py was started from. The key is a hash of the resolved config without the
+directory train.py was started from (a sweep trial: its Hydra job folder). The key is a hash of the resolved config without the
 keys that do not change what is trained (resume, log_every, ...), so running the same command
 again, with trainer.resume=true, finds the same directory; Hydra's timestamped output
 directory would not.
@@ -37,8 +37,13 @@ def config_key(cfg) -> str:
 
 
 def checkpoint_path(cfg) -> Path:
+    from hydra.core.hydra_config import HydraConfig
     from hydra.utils import to_absolute_path  # the launch directory, even with hydra.job.chdir=true
-    folder = cfg.trainer.get("checkpoint_dir") or os.path.join("checkpoints", f"{cfg.model.name}-{config_key(cfg)}")
+    folder = cfg.trainer.get("checkpoint_dir")
+    if not folder and cfg.get("sweep", {}).get("trial_id") is not None and HydraConfig.initialized():
+        # The sweeper replaces an interrupted trial instead of continuing it: keep its checkpoint in its job folder.
+        folder = os.path.join(HydraConfig.get().runtime.output_dir, "checkpoint")
+    folder = folder or os.path.join("checkpoints", f"{cfg.model.name}-{config_key(cfg)}")
     return Path(to_absolute_path(str(folder))) / FILE
 
 

@@ -66,7 +66,7 @@ def start_run(cfg, num_params, run_id=None):
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name(cfg), tags=tags)
     if run_id is None:
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        params = flatten({k: v for k, v in resolved.items() if k not in ("hydra",)})
+        params = flatten({k: v for k, v in resolved.items() if k not in ("hydra", "sweep")})
         params["num_params"] = num_params
         for chunk in _chunks(list(params.items()), 100):
             mlflow.log_params(dict(chunk))
