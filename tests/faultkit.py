@@ -81,3 +81,53 @@ def fresh_sqlite_store(folder):
     target = Path(folder) / "mlflow.db"
     shutil.copy(_EMPTY_STORE["path"], target)
     return f"sqlite:///{target}"
+
+
+def start_mlflow_server(folder, port):
+    """`mlflow server` on 127.0.0.1 with a sqlite backend and served artifacts, in its own process group."""
+    import shutil
+    store = fresh_sqlite_store(folder)
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers
+    mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    log = open(Path(folder) / "server.log", "w")
+    return subprocess.Popen(
+        [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", store, "--artifacts-destination", str(Path(folder) / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def stop_process_group(process):
+    import signal
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def rest(base_url, endpoint, body=None):
+    """Call MLflow's REST API (GET with query params, or POST a JSON body) and return the JSON answer."""
+    import json
+    import urllib.parse
+    import urllib.request
+    url = f"{base_url}/api/2.0/mlflow/{endpoint}"
+    if body is None:
+        request = urllib.request.Request(url)
+    else:
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read() or b"{}")
+
+
+def sweep_args(data, tracking_uri, storage_url, study, n_trials, sweep_dir, epochs=2, extra=()):
+    """`train.py -m` arguments for a tiny grid sweep over the learning rate (2 values per n_trials)."""
+    lrs = ",".join(str(0.001 * (i + 1)) for i in range(max(2, n_trials)))
+    return ["-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra/sweeper/search=empty",
+            "hydra/sweeper/pruner=none", f"optimizer.lr=choice({lrs})", f"hydra.sweeper.n_trials={n_trials}",
+            f"hydra.sweeper.storage={storage_url}", f"hydra.sweeper.study_name={study}",
+            f"hydra.sweep.dir={sweep_dir}", *tiny_overrides(data, tracking_uri, epochs=epochs), *extra]

@@ -1,0 +1,175 @@
+"""A real `mlflow server` (sqlite backend, served artifacts) on 127.0.0.1: a single run and a sweep
+logged to it, checked through MLflow's REST API, and the MLflow UI in headless Chromium."""
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import compose_cfg
+from tests.faultkit import (REPO, free_port, rest, start_mlflow_server, stop_process_group, sweep_args,
+                            tiny_overrides, train_env, wait_for_port, write_cifar)
+
+ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots (gitignored)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    process = start_mlflow_server(folder, port)
+    try:
+        wait_for_port(port, timeout=180, process=process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while rest(url, "experiments/search", {"max_results": 1}) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process_group(process)
+        print(f"mlflow server log: {folder / 'server.log'}")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+def experiment_id(url, name):
+    return rest(url, "experiments/get-by-name?" + urllib.parse.urlencode({"experiment_name": name}))[
+        "experiment"]["experiment_id"]
+
+
+def search(url, experiment, filter_string=""):
+    return rest(url, "runs/search", {"experiment_ids": [experiment], "filter": filter_string,
+                                     "max_results": 100}).get("runs", [])
+
+
+def tags(run):
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def history(url, run_id, key):
+    answer = rest(url, "metrics/get-history?" + urllib.parse.urlencode({"run_id": run_id, "metric_key": key}))
+    return sorted((m["step"], m["value"]) for m in answer.get("metrics", []))
+
+
+def test_a_single_run_logged_to_the_server(server, data, tmp_path, monkeypatch):
+    import train
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        val_acc = train.train(compose_cfg(tiny_overrides(data, server, epochs=2)
+                                          + ["mlflow.experiment=single", "mlflow.run_name=one-run",
+                                             "mlflow.log_model=true"]))
+    finally:
+        torch.set_num_threads(threads)
+    [run] = search(server, experiment_id(server, "single"))
+    assert run["info"]["run_name"] == "one-run" and run["info"]["status"] == "FINISHED"
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["model.name"] == "tiny" and params["trainer.epochs"] == "2"
+    assert [step for step, _ in history(server, run["info"]["run_id"], "val_acc")] == [1, 2]
+    assert history(server, run["info"]["run_id"], "val_acc")[-1][1] == pytest.approx(val_acc)
+    # Artifacts went through the server (--artifacts-destination), not to a local path of the client.
+    listed = rest(server, "artifacts/list?" + urllib.parse.urlencode({"run_id": run["info"]["run_id"]}))
+    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "model"} <= {
+        f["path"] for f in listed["files"]}
+
+
+@pytest.fixture(scope="module")
+def sweep(server, data, tmp_path_factory):
+    """A finished 2-trial sweep logged to the server."""
+    folder = tmp_path_factory.mktemp("sweep")
+    args = sweep_args(data, server, f"sqlite:///{folder}/optuna.db", "served", 2, folder / "multirun",
+                      extra=["mlflow.experiment=sweeps"])
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=folder, env=train_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return experiment_id(server, "sweeps")
+
+
+def test_a_sweep_logs_one_parent_and_a_child_per_trial(server, sweep):
+    runs = search(server, sweep)
+    parents = [r for r in runs if tags(r).get("sweep") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in tags(r)]
+    assert len(parents) == 1 and len(children) == 2 and len(runs) == 3
+    parent = parents[0]
+    assert parent["info"]["status"] == "FINISHED" and parent["info"]["run_name"] == "sweep-served"
+    assert {tags(c)["mlflow.parentRunId"] for c in children} == {parent["info"]["run_id"]}
+    assert sorted(tags(c)["trial_number"] for c in children) == ["0", "1"]
+    for child in children:
+        assert child["info"]["status"] == "FINISHED" and tags(child)["trial_state"] == "COMPLETE"
+        assert [step for step, _ in history(server, child["info"]["run_id"], "val_acc")] == [1, 2]
+    best = max(children, key=lambda c: history(server, c["info"]["run_id"], "val_acc")[-1][1])
+    parent_metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert parent_metrics["trials_complete"] == 2
+    assert parent_metrics["best_value"] == pytest.approx(history(server, best["info"]["run_id"], "val_acc")[-1][1])
+    # The same filter the UI's search box takes:
+    assert len(search(server, sweep, f"tags.mlflow.parentRunId = '{parent['info']['run_id']}'")) == 2
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1600,1000"]
+
+
+@pytest.fixture
+def browser():
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver; "
+                    ".ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def page_text(driver):
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def wait_for_text(driver, *texts, timeout=90):
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: all(t in page_text(d) for t in texts))
+
+
+def test_the_mlflow_ui_shows_the_sweep_and_a_metric(server, sweep, browser):
+    from selenium.webdriver.common.by import By
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    runs = search(server, sweep)
+    parent = next(r for r in runs if tags(r).get("sweep") == "parent")
+    child = next(r for r in runs if tags(r).get("trial_number") == "0")
+
+    browser.get(f"{server}/#/experiments/{sweep}/runs")
+    wait_for_text(browser, "sweep-served", "3 matching runs")
+    name = browser.find_element(By.XPATH, "//*[normalize-space(text())='sweep-served']")
+    name_cell = name.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]")
+    name_cell.find_element(By.TAG_NAME, "button").click()  # the parent's expander shows its trials
+    wait_for_text(browser, *(r["info"]["run_name"] for r in runs))
+    browser.save_screenshot(str(ARTIFACTS / "mlflow_ui_runs.png"))
+
+    browser.get(f"{server}/#/experiments/{sweep}/runs/{child['info']['run_id']}")
+    wait_for_text(browser, child["info"]["run_name"], "Finished", "val_acc")
+    value = f"{dict((m['key'], m['value']) for m in child['data']['metrics'])['val_acc']}"
+    assert value[:4] in page_text(browser)
+    metrics = browser.find_elements(By.XPATH, "//*[normalize-space(text())='val_acc']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", metrics[0])
+    time.sleep(0.5)
+    browser.save_screenshot(str(ARTIFACTS / "mlflow_ui_trial.png"))
+    print(f"screenshots: {ARTIFACTS}/mlflow_ui_runs.png, mlflow_ui_trial.png (parent {parent['info']['run_id']})")
