@@ -182,6 +182,7 @@ class ConstrainedSweeperImpl(OptunaSweeperImpl):
             if errors and len(errors) / len(returns) > self.max_failure_rate:
                 sweep_report.finish_parent(self.config, parent, status="FAILED")
                 raise errors[0]
+        sweep_report.close_interrupted(self.config, study, parent)
         sweep_report.summarize(self.config, study, parent, directions, self.infeasible,
                                self.hydra_context.config_loader)
 

@@ -42,6 +42,22 @@ def finish_parent(config, run_id, status="FINISHED"):
     client_for(config).set_terminated(run_id, status=status)
 
 
+def close_interrupted(config, study, parent):
+    """Child runs that a killed sweep left RUNNING, whose trials are now FAIL (no heartbeat), end as KILLED."""
+    failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if t.user_attrs.get("launched") and "fail_reason" not in t.user_attrs}
+    if not failed:
+        return
+    client = client_for(config)
+    experiment_id = client.get_run(parent).info.experiment_id
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' "
+                                                   f"and attributes.status = 'RUNNING'", max_results=10_000):
+        if run.data.tags.get("trial_number") in failed:
+            client.set_tag(run.info.run_id, "trial_state", "FAIL")
+            client.set_tag(run.info.run_id, "error", "interrupted: its sweep was killed during this trial")
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
 def infeasible_shares(study):
     """Share of over-budget proposals in the first and second half of the study, by proposal order."""
     flags = [bool(t.user_attrs.get("infeasible")) for t in study.get_trials(deepcopy=False)]

@@ -131,3 +131,52 @@ def sweep_args(data, tracking_uri, storage_url, study, n_trials, sweep_dir, epoc
             "hydra/sweeper/pruner=none", f"optimizer.lr=choice({lrs})", f"hydra.sweeper.n_trials={n_trials}",
             f"hydra.sweeper.storage={storage_url}", f"hydra.sweeper.study_name={study}",
             f"hydra.sweep.dir={sweep_dir}", *tiny_overrides(data, tracking_uri, epochs=epochs), *extra]
+
+
+def postgres_bin():
+    """The folder with initdb and pg_ctl (Debian keeps them off PATH), or None."""
+    import glob
+    import shutil
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp folder (run as `postgres` when we are root)."""
+
+    def __init__(self, port):
+        import pwd
+        import tempfile
+        # Its own folder straight under /tmp: pytest's tmp_path is private to root, so `postgres` can't enter it.
+        self.bin, self.folder, self.port = postgres_bin(), Path(tempfile.mkdtemp(prefix="pg-")), port
+        self.data = self.folder / "data"
+        self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            os.chown(self.folder, pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid)
+
+    def _run(self, *command):
+        command = [str(c) for c in command]
+        if os.geteuid() == 0:
+            import shlex
+            command = ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(command)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{command} failed with {done.returncode}: {done.stderr[-2000:]}")
+
+    def start(self):
+        self._run(self.bin / "initdb", "-D", self.data, "-U", self.user, "--auth=trust", "-E", "UTF8")
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-l", self.folder / "server.log", "-w", "-t", "120",
+                  "-o", f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off", "start")
+        return self
+
+    def create_database(self, name):
+        self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, "-U", self.user, name)
+        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self):
+        import shutil
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)

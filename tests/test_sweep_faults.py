@@ -1,0 +1,126 @@
+"""Sweeps under real conditions: two workers on one study in PostgreSQL, and a sweep killed mid-trial."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.faultkit import (REPO, Postgres, fresh_sqlite_store, free_port, postgres_bin, sweep_args, train_env,
+                            write_cifar)
+
+# Short heartbeats so a killed trial is recognised as dead within seconds (defaults: 10 s / 60 s).
+FAST_HEARTBEAT = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
+    server = Postgres(free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def launch(args, cwd):
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=train_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def launched(study):
+    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("launched")]
+
+
+def trial_runs(tracking_uri, experiment):
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags], [r for r in runs if r.data.tags.get("sweep")]
+
+
+def test_two_workers_share_one_study_in_postgres(postgres, data, tmp_path):
+    storage = postgres.create_database("optuna")
+    tracking = postgres.create_database("mlflow")
+    mlflow.MlflowClient(tracking).search_experiments()  # MLflow's schema, once, before two workers race for it
+    n_trials = 4
+    args = ["-m", "hydra/sweeper=optuna", "hydra/sweeper/search=empty", "hydra/sweeper/pruner=none",
+            "optimizer.lr=interval(0.0005,0.005)", f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1",
+            f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=shared", *FAST_HEARTBEAT,
+            *sweep_args(data, tracking, storage, "shared", n_trials, "unused")[9:]]
+    workers = [launch(args + [f"hydra.sweep.dir={tmp_path}/worker{i}"], tmp_path) for i in range(2)]
+    outputs = [w.communicate(timeout=400)[0] for w in workers]
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-3000:]
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = launched(study)
+    assert len(trials) == n_trials and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(study.trials) == n_trials  # nothing else was even proposed
+    # Both workers trained: each trial's job folder is under the sweep dir of the worker that ran it.
+    ran_by = [sum(f"trial #{t.number}:" in out for out in outputs) for t in trials]
+    assert ran_by == [1] * n_trials, outputs  # every trial reported by exactly one worker
+    assert all(any(f"trial #" in line for line in out.splitlines()) for out in outputs)
+
+    children, parents = trial_runs(tracking, "cifar10-resnet")
+    assert len(parents) == 1  # one parent for the study, whichever worker came first
+    numbers = Counter(int(r.data.tags["trial_number"]) for r in children)
+    assert numbers == Counter(t.number for t in trials)  # every trial in MLflow, none twice
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert all(r.info.status == "FINISHED" and r.data.tags["trial_state"] == "COMPLETE" for r in children)
+
+
+def test_a_sweep_killed_mid_trial_completes_when_run_again(data, tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    tracking = fresh_sqlite_store(tmp_path)
+    args = sweep_args(data, tracking, storage, "killed", 3, tmp_path / "multirun", epochs=6) + FAST_HEARTBEAT
+    sweep = launch(args, tmp_path)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sweep.poll() is None:
+        try:
+            trials = launched(optuna.load_study(study_name="killed", storage=storage))
+        except KeyError:  # study not created yet
+            trials = []
+        # A checkpoint on disk means a trial is between epochs (a finished trial deletes its own).
+        training = list((tmp_path / "multirun").glob("*/checkpoint/last.pt"))
+        if [t.state for t in trials].count(TrialState.COMPLETE) >= 1 and training:
+            break
+        time.sleep(0.1)
+    os.killpg(sweep.pid, signal.SIGKILL)  # the sweeper and its in-process trial die at once
+    output = sweep.communicate()[0]
+    assert sweep.returncode == -signal.SIGKILL, output[-3000:]
+    before = {t.number: t.state for t in launched(optuna.load_study(study_name="killed", storage=storage))}
+    completed_before = sorted(n for n, s in before.items() if s == TrialState.COMPLETE)
+    [interrupted] = [n for n, s in before.items() if s == TrialState.RUNNING]
+
+    again = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=train_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming: {len(completed_before)} of 3 trials already trained" in again.stdout + again.stderr
+
+    study = optuna.load_study(study_name="killed", storage=storage)
+    after = {t.number: t for t in launched(study)}
+    complete = sorted(n for n, t in after.items() if t.state == TrialState.COMPLETE)
+    assert len(complete) == 3 and set(completed_before) <= set(complete)  # kept, not redone
+    assert after[interrupted].state == TrialState.FAIL and "fail_reason" not in after[interrupted].user_attrs
+    assert len(after) == 4  # 3 complete + the interrupted one, which a new trial replaced
+
+    children, parents = trial_runs(tracking, "cifar10-resnet")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    by_number = {int(r.data.tags["trial_number"]): r for r in children}
+    assert sorted(by_number) == sorted(after) and len(children) == 4
+    assert all(by_number[n].info.status == "FINISHED" for n in complete)
+    assert by_number[interrupted].info.status == "KILLED"
+    assert by_number[interrupted].data.tags["trial_state"] == "FAIL"
+    parent_metrics = parents[0].data.metrics
+    assert parent_metrics["trials_complete"] == 3 and parent_metrics["trials_failed"] == 1
