@@ -125,6 +125,25 @@ class ConstrainedSweeperImpl(OptunaSweeperImpl):
         """Trials whose job stopped sending heartbeats (a killed sweep) become FAIL, to be replaced."""
         optuna.storages.fail_stale_trials(study)
 
+    def withdraw_surplus(self, study, proposals):
+        """Two workers can both see the last slot free and both propose: the higher trial number gives way.
+
+        Ahead of a proposal: the trials already trained and every running trial with a lower number
+        (another worker's proposal included, launched or not), so the lowest-numbered always goes on.
+        """
+        trials = study.get_trials(deepcopy=False)
+        kept = []
+        for trial, overrides, num_params in proposals:
+            ahead = self.trained(study) + sum(1 for t in trials if t.state == TrialState.RUNNING
+                                              and t.number < trial.number)
+            if ahead < self.n_trials:
+                kept.append((trial, overrides, num_params))
+            else:
+                trial.set_user_attr("withdrawn", True)
+                tell(study, trial, state=TrialState.FAIL)
+                log.info(f"  proposal #{trial.number} withdrawn: another worker took the last trial")
+        return kept
+
     def slots(self, study):
         """How many trials this worker may launch now; waits while other workers' trials run."""
         while True:
@@ -165,6 +184,9 @@ class ConstrainedSweeperImpl(OptunaSweeperImpl):
                     f"sweep.parent_run_id={parent}"]
         while batch := self.slots(study):
             proposals = [self.propose(study, space, fixed_params, fixed_overrides) for _ in range(batch)]
+            proposals = self.withdraw_surplus(study, proposals)
+            if not proposals:
+                continue
             jobs = []
             for trial, overrides, num_params in proposals:
                 trial.set_user_attr("launched", True)
