@@ -144,7 +144,7 @@ def train(cfg: DictConfig):
         raise BudgetError(report.over_budget_message())
 
     import mlflow
-    open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)  # fails fast if the store is unreachable
+    experiment_id = open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)  # fails fast if unreachable
     device = pick_device(cfg)
     torch.manual_seed(cfg.trainer.seed)
     channels_last = device.type == "cuda" if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last)
@@ -170,7 +170,7 @@ def train(cfg: DictConfig):
 
     out_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else tempfile.mkdtemp()
     trial = TrialReporter.from_cfg(cfg)  # None unless this job is a sweep trial
-    run = start_run(cfg, report.total)
+    run = start_run(cfg, report.total, experiment_id)
     print(f"{cfg.model.name}: {report.total:,} parameters | {len(train_loader.images):,} train / "
           f"{len(val_loader.images) if val_loader else 0:,} val images | {device} {cfg.trainer.precision} | "
           f"mlflow run {run.info.run_id}", flush=True)
