@@ -14,8 +14,6 @@ import tempfile
 import time
 
 import hydra
-import optuna
-from hydra.core.plugins import Plugins
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -24,8 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import Augmentation, DatasetError, DeviceLoader, channel_stats, load_cifar10, split_train_val
 from models import ModelConfigError, build_model, param_report
-from sweeper.constrained import ConstrainedOptunaSweeper
-from sweeper.trial import DivergedError, Pruned, TrialReporter
+from sweeper.trial import DivergedError, Pruned, TrialPruned, TrialReporter
 from training.optim import OptimConfigError, build_optimizer, build_scheduler
 from training.tracking import TrackingError, open_store, start_run
 
@@ -36,10 +33,6 @@ EXECUTION_WHITELIST = [
     "hydra_plugins.hydra_joblib_launcher.*",
     "optuna.samplers.*",
 ]
-
-
-# Hydra finds plugins in the hydra_plugins namespace; ours lives in this repo, so register it by hand.
-Plugins.instance().register(ConstrainedOptunaSweeper)
 
 
 class ConfigError(ValueError):
@@ -223,7 +216,7 @@ def train(cfg: DictConfig):
                   f"lr {row['lr']:.2e} | {row['images_per_sec']:,.0f} img/s | {format_time(elapsed)} elapsed, "
                   f"{format_time(elapsed / epoch * (epochs - epoch))} left", flush=True)
             if trial is not None:
-                trial.report(row.get("val_acc", train_acc), epoch)  # raises optuna.TrialPruned
+                trial.report(row.get("val_acc", train_acc), epoch)  # raises TrialPruned
 
         test_loss, test_acc = evaluate(ema or model, test_loader, autocast, tta=cfg.trainer.tta)
         final = {"test_loss": test_loss, "test_acc": test_acc, "train_time": time.perf_counter() - started}
@@ -235,7 +228,7 @@ def train(cfg: DictConfig):
               f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
               flush=True)
     except BaseException as err:
-        pruned = type(err).__name__ == "TrialPruned"
+        pruned = isinstance(err, TrialPruned)
         mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
         if trial is not None:
             mlflow.set_tag("trial_state", "PRUNED" if pruned else "FAIL")
@@ -278,7 +271,7 @@ def in_multirun():
 def main(cfg: DictConfig):
     try:
         return train(cfg)
-    except optuna.TrialPruned as pruned:
+    except TrialPruned as pruned:
         return Pruned(str(pruned))  # a normal end for a sweep trial, not a job error
     except USER_ERRORS as err:
         if in_multirun():
@@ -287,5 +280,14 @@ def main(cfg: DictConfig):
         sys.exit(2)
 
 
+def register_sweeper():
+    """Hydra finds plugins in the hydra_plugins namespace; ours lives in this repo, so register it by hand."""
+    from hydra.core.plugins import Plugins
+
+    from sweeper.constrained import ConstrainedOptunaSweeper
+    Plugins.instance().register(ConstrainedOptunaSweeper)
+
+
 if __name__ == "__main__":
+    register_sweeper()
     main()
