@@ -267,7 +267,8 @@ def in_multirun():
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-@hydra.main(config_path="conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
+@hydra.main(config_path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"), config_name="config",
+            execution_whitelist=EXECUTION_WHITELIST)
 def main(cfg: DictConfig):
     try:
         return train(cfg)
@@ -289,5 +290,8 @@ def register_sweeper():
 
 
 if __name__ == "__main__":
-    register_sweeper()
-    main()
+    # Run this file's importable copy rather than __main__, so that parallel launchers (joblib)
+    # pickle the task function by reference instead of by value.
+    import train
+    train.register_sweeper()
+    train.main()
