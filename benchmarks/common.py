@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from data import load_cifar10
+from data.cifar10 import TRAIN_FILES, dataset_dir, read_batch
 
 
 def machine():
@@ -27,9 +27,10 @@ def machine():
 
 def cifar_images(root, n=None):
     """Real CIFAR-10 training images when `root` holds them, else random uint8 images of the same shape."""
-    if root and os.path.isdir(os.path.join(os.path.expanduser(root), "cifar-10-batches-py")):
-        images, labels = load_cifar10(root)["train"]
-        source = "cifar10"
+    folder = dataset_dir(root) if root else None
+    if folder is not None and all((folder / name).is_file() for name in TRAIN_FILES):
+        images, labels = (torch.cat(parts) for parts in zip(*(read_batch(folder / name) for name in TRAIN_FILES)))
+        source = "cifar10" if len(images) == 50_000 else f"{len(images)} images from {folder}"
     else:
         generator = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (n or 50_000, 3, 32, 32), dtype=torch.uint8, generator=generator)
