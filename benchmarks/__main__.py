@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("budget", "data", "train", "overhead")
 
 FULL = dict(data=dict(batch_size=256, conventional_images=2048, ours_images=16384, rounds=3),
-            train={"tiny": dict(batch_size=64, steps=4), "final": dict(batch_size=16, steps=2)}, train_rounds=7,
+            train={"tiny": dict(batch_size=64, steps=3), "final": dict(batch_size=16, steps=2)}, train_rounds=5,
             gpu=dict(batch_size=256, steps=20, rounds=5),
             overhead=dict(trials=5, train_per_file=10_000, test=1_000), budget_repeats=20, budget_control=True)
 QUICK = dict(data=dict(batch_size=32, conventional_images=64, ours_images=256, rounds=1, workers=0),
@@ -60,7 +60,7 @@ def main(argv=None):
         parser.error("--gpu needs a CUDA GPU, and none is visible (torch.cuda.is_available() is False)")
     settings = QUICK if args.quick else FULL
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = {"machine": machine(), "device": device, "quick": args.quick, "command": " ".join(sys.argv),
+    results = {"machine": machine(), "device": device, "quick": args.quick, "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"machine: {results['machine']}", flush=True)
     out = []
