@@ -8,6 +8,7 @@
 The parameter budget and every other config check run before data is loaded or an MLflow
 run is opened. The job returns the final validation accuracy, which sweeps maximise.
 """
+import math
 import os
 import sys
 import tempfile
@@ -127,6 +128,48 @@ def format_time(seconds):
         else f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def train_one_epoch(model, forward, loader, optimizer, scheduler, criterion, autocast, scaler, ema=None,
+                    grad_clip=None, log_every=0, epoch=1):
+    """One pass over `loader`; returns (mean loss, accuracy, images seen).
+
+    Loss and accuracy accumulate on the device: the only host syncs are the progress lines
+    (every `log_every` steps) and the one at the end of the epoch.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    epoch_start, steps = time.perf_counter(), len(loader)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for step, (x, y) in enumerate(loader, 1):
+        with autocast:
+            logits = forward(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if log_every and step % log_every == 0 and step < steps:
+            running = loss_sum.item() / seen  # the one sync per display line
+            if not math.isfinite(running):
+                raise DivergedError(f"training loss became {running} at epoch {epoch}, step {step}")
+            rate = seen / (time.perf_counter() - epoch_start)
+            print(f"  epoch {epoch} step {step}/{steps} loss {running:.4f} {rate:,.0f} img/s", flush=True)
+    train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+    if not math.isfinite(train_loss):
+        raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
+    return train_loss, train_acc, seen
+
+
 def train(cfg: DictConfig):
     report = check_config(cfg)
     if cfg.dry_run:
@@ -167,40 +210,13 @@ def train(cfg: DictConfig):
     print(f"{cfg.model.name}: {report.total:,} parameters | {len(train_loader.images):,} train / "
           f"{len(val_loader.images) if val_loader else 0:,} val images | {device} {cfg.trainer.precision} | "
           f"mlflow run {run.info.run_id}", flush=True)
-    history, started, epochs, steps = [], time.perf_counter(), cfg.trainer.epochs, len(train_loader)
+    history, started, epochs = [], time.perf_counter(), cfg.trainer.epochs
     try:
         for epoch in range(1, epochs + 1):
-            model.train()
             epoch_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            for step, (x, y) in enumerate(train_loader, 1):
-                with autocast:
-                    logits = forward(x)
-                    loss = criterion(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.trainer.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                if cfg.trainer.log_every and step % cfg.trainer.log_every == 0 and step < steps:
-                    running = loss_sum.item() / seen  # the one sync per display line
-                    if not torch.isfinite(torch.tensor(running)):
-                        raise DivergedError(f"training loss became {running} at epoch {epoch}, step {step}")
-                    rate = seen / (time.perf_counter() - epoch_start)
-                    print(f"  epoch {epoch} step {step}/{steps} loss {running:.4f} {rate:,.0f} img/s", flush=True)
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
-            if not torch.isfinite(torch.tensor(train_loss)):
-                raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
+            train_loss, train_acc, seen = train_one_epoch(
+                model, forward, train_loader, optimizer, scheduler, criterion, autocast, scaler, ema,
+                grad_clip=cfg.trainer.grad_clip, log_every=cfg.trainer.log_every, epoch=epoch)
             train_time = time.perf_counter() - epoch_start
             row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                    "lr": optimizer.param_groups[0]["lr"], "images_per_sec": seen / train_time,
