@@ -20,3 +20,7 @@ test: setup
 
 clean:
 	rm -rf outputs multirun mlruns mlflow.db .pytest_cache
+
+# Benchmarks (README "Performance"): prints a table, writes bench_results/latest.json. ARGS=--gpu on a GPU.
+bench: setup
+	$(PY) -m benchmarks $(ARGS)

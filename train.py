@@ -8,14 +8,13 @@
 The parameter budget and every other config check run before data is loaded or an MLflow
 run is opened. The job returns the final validation accuracy, which sweeps maximise.
 """
+import math
 import os
 import sys
 import tempfile
 import time
 
 import hydra
-import optuna
-from hydra.core.plugins import Plugins
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -24,8 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import Augmentation, DatasetError, DeviceLoader, channel_stats, load_cifar10, split_train_val
 from models import ModelConfigError, build_model, param_report
-from sweeper.constrained import ConstrainedOptunaSweeper
-from sweeper.trial import DivergedError, Pruned, TrialReporter
+from sweeper.trial import DivergedError, Pruned, TrialPruned, TrialReporter
 from training import checkpoint
 from training.checkpoint import CheckpointError
 from training.optim import OptimConfigError, build_optimizer, build_scheduler
@@ -38,10 +36,6 @@ EXECUTION_WHITELIST = [
     "hydra_plugins.hydra_joblib_launcher.*",
     "optuna.samplers.*",
 ]
-
-
-# Hydra finds plugins in the hydra_plugins namespace; ours lives in this repo, so register it by hand.
-Plugins.instance().register(ConstrainedOptunaSweeper)
 
 
 class ConfigError(ValueError):
@@ -137,6 +131,48 @@ def format_time(seconds):
         else f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def train_one_epoch(model, forward, loader, optimizer, scheduler, criterion, autocast, scaler, ema=None,
+                    grad_clip=None, log_every=0, epoch=1):
+    """One pass over `loader`; returns (mean loss, accuracy, images seen).
+
+    Loss and accuracy accumulate on the device: the only host syncs are the progress lines
+    (every `log_every` steps) and the one at the end of the epoch.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    epoch_start, steps = time.perf_counter(), len(loader)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for step, (x, y) in enumerate(loader, 1):
+        with autocast:
+            logits = forward(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if log_every and step % log_every == 0 and step < steps:
+            running = loss_sum.item() / seen  # the one sync per display line
+            if not math.isfinite(running):
+                raise DivergedError(f"training loss became {running} at epoch {epoch}, step {step}")
+            rate = seen / (time.perf_counter() - epoch_start)
+            print(f"  epoch {epoch} step {step}/{steps} loss {running:.4f} {rate:,.0f} img/s", flush=True)
+    train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+    if not math.isfinite(train_loss):
+        raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
+    return train_loss, train_acc, seen
+
+
 def train(cfg: DictConfig):
     report = check_config(cfg)
     if cfg.dry_run:
@@ -160,7 +196,7 @@ def train(cfg: DictConfig):
 
     train_loader, val_loader, test_loader = make_loaders(cfg, device, channels_last)
     # A missing or damaged dataset stopped us above, before anything was written to the store.
-    open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
+    experiment_id = open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
     ckpt_path = checkpoint.checkpoint_path(cfg)
     resumed = checkpoint.load(ckpt_path, cfg) if cfg.trainer.resume else None
     model = build_model(cfg, device=device)
@@ -180,7 +216,7 @@ def train(cfg: DictConfig):
 
     out_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else tempfile.mkdtemp()
     trial = TrialReporter.from_cfg(cfg)  # None unless this job is a sweep trial
-    run = start_run(cfg, report.total, run_id=resumed["mlflow_run_id"] if resumed else None)
+    run = start_run(cfg, report.total, experiment_id, run_id=resumed["mlflow_run_id"] if resumed else None)
     if resumed:
         checkpoint.continue_run(resumed)
         print(f"resuming after epoch {resumed['epoch']} from {ckpt_path}", flush=True)
@@ -189,40 +225,13 @@ def train(cfg: DictConfig):
           f"mlflow run {run.info.run_id}", flush=True)
     history = resumed["history"] if resumed else []
     started = time.perf_counter() - (resumed["elapsed"] if resumed else 0.0)
-    epochs, steps = cfg.trainer.epochs, len(train_loader)
+    epochs = cfg.trainer.epochs
     try:
         for epoch in range(len(history) + 1, epochs + 1):
-            model.train()
             epoch_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            for step, (x, y) in enumerate(train_loader, 1):
-                with autocast:
-                    logits = forward(x)
-                    loss = criterion(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.trainer.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                if cfg.trainer.log_every and step % cfg.trainer.log_every == 0 and step < steps:
-                    running = loss_sum.item() / seen  # the one sync per display line
-                    if not torch.isfinite(torch.tensor(running)):
-                        raise DivergedError(f"training loss became {running} at epoch {epoch}, step {step}")
-                    rate = seen / (time.perf_counter() - epoch_start)
-                    print(f"  epoch {epoch} step {step}/{steps} loss {running:.4f} {rate:,.0f} img/s", flush=True)
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
-            if not torch.isfinite(torch.tensor(train_loss)):
-                raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
+            train_loss, train_acc, seen = train_one_epoch(
+                model, forward, train_loader, optimizer, scheduler, criterion, autocast, scaler, ema,
+                grad_clip=cfg.trainer.grad_clip, log_every=cfg.trainer.log_every, epoch=epoch)
             train_time = time.perf_counter() - epoch_start
             row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                    "lr": optimizer.param_groups[0]["lr"], "images_per_sec": seen / train_time,
@@ -242,7 +251,7 @@ def train(cfg: DictConfig):
                   f"lr {row['lr']:.2e} | {row['images_per_sec']:,.0f} img/s | {format_time(elapsed)} elapsed, "
                   f"{format_time(elapsed / epoch * (epochs - epoch))} left", flush=True)
             if trial is not None:
-                trial.report(row.get("val_acc", train_acc), epoch)  # raises optuna.TrialPruned
+                trial.report(row.get("val_acc", train_acc), epoch)  # raises TrialPruned
 
         test_loss, test_acc = evaluate(ema or model, test_loader, autocast, tta=cfg.trainer.tta)
         final = {"test_loss": test_loss, "test_acc": test_acc, "train_time": time.perf_counter() - started}
@@ -254,7 +263,7 @@ def train(cfg: DictConfig):
               f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
               flush=True)
     except BaseException as err:
-        pruned = type(err).__name__ == "TrialPruned"
+        pruned = isinstance(err, TrialPruned)
         mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
         if trial is not None:
             mlflow.set_tag("trial_state", "PRUNED" if pruned else "FAIL")
@@ -297,11 +306,12 @@ def in_multirun():
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-@hydra.main(config_path="conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
+@hydra.main(config_path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"), config_name="config",
+            execution_whitelist=EXECUTION_WHITELIST)
 def main(cfg: DictConfig):
     try:
         return train(cfg)
-    except optuna.TrialPruned as pruned:
+    except TrialPruned as pruned:
         return Pruned(str(pruned))  # a normal end for a sweep trial, not a job error
     except USER_ERRORS as err:
         if in_multirun():
@@ -310,5 +320,17 @@ def main(cfg: DictConfig):
         sys.exit(2)
 
 
+def register_sweeper():
+    """Hydra finds plugins in the hydra_plugins namespace; ours lives in this repo, so register it by hand."""
+    from hydra.core.plugins import Plugins
+
+    from sweeper.constrained import ConstrainedOptunaSweeper
+    Plugins.instance().register(ConstrainedOptunaSweeper)
+
+
 if __name__ == "__main__":
-    main()
+    # Run this file's importable copy rather than __main__, so that parallel launchers (joblib)
+    # pickle the task function by reference instead of by value.
+    import train
+    train.register_sweeper()
+    train.main()

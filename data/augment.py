@@ -1,46 +1,94 @@
 """Batched augmentation on uint8 image tensors [N, 3, H, W], on whatever device they live on.
 
-No per-image Python: every op draws its random numbers for the whole batch at once.
+No per-image Python: every op draws its random numbers for the whole batch at once, and each
+image carries its own parameters (angle, shift, flip, AutoAugment op and magnitude) as tensors.
+The semantics are torchvision's (RandomRotation, RandomCrop with padding, RandomHorizontalFlip,
+AutoAugment with the CIFAR10 policy; nearest interpolation, zero fill); tests/test_augment.py
+compares against torchvision op by op.
 """
 import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import AutoAugmentPolicy, InterpolationMode
+from torchvision.transforms import AutoAugmentPolicy
 from torchvision.transforms import autoaugment as tv_autoaugment
+from torchvision.transforms.functional import _get_inverse_affine_matrix
+
+
+def warp(x, theta=None, shift=None, flip=None):
+    """Resample each image with its own flip, integer shift and inverse affine map, in one gather.
+
+    Output pixel (i, j) of image k is found by: mirroring j where flip[k]; moving by shift[k] =
+    (dy, dx) into a zero border (RandomCrop with padding p is a shift in [-p, p]); then mapping
+    through theta[k] [2, 3], torchvision's inverse affine matrix on pixel centres measured from the
+    image centre, to the nearest source pixel (round half to even, as grid_sample does). Zero
+    wherever a step leaves the image.
+    """
+    n, c, h, w = x.shape
+    device = x.device
+    # Coordinates stay separable, rows [n, h, 1] and cols [n, 1, w], until the affine map mixes them.
+    rows = torch.arange(h, device=device).view(1, h, 1).expand(n, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, w).expand(n, 1, w)
+    if flip is not None:
+        cols = torch.where(flip.view(n, 1, 1), w - 1 - cols, cols)
+    if shift is not None:
+        rows, cols = rows + shift[:, 0].view(n, 1, 1), cols + shift[:, 1].view(n, 1, 1)
+    cropped = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w) if shift is not None else None
+    if theta is not None:
+        t = theta.float().view(n, 2, 3, 1, 1)
+        u, v = cols - (w - 1) / 2, rows - (h - 1) / 2
+        cols = t[:, 0, 0] * u + t[:, 0, 2] + t[:, 0, 1] * v + (w - 1) / 2
+        rows = t[:, 1, 0] * u + t[:, 1, 2] + t[:, 1, 1] * v + (h - 1) / 2
+        cols, rows = cols.round_(), rows.round_()
+    # Read from a copy with a one-pixel zero border; every outside coordinate clamps onto it.
+    padded = F.pad(x, (1, 1, 1, 1)).view(n, c, (h + 2) * (w + 2))
+    index = ((rows.clamp(-1, h) + 1) * (w + 2) + cols.clamp(-1, w) + 1).long()
+    if cropped is not None and theta is not None:
+        index = torch.where(cropped, index, 0)  # pixel 0 is a border pixel: zero
+    index = index.expand(n, h, w).reshape(n, 1, h * w)
+    return padded.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+
+
+def rotation_matrix(degrees):
+    """Inverse matrices [N, 2, 3] for counter-clockwise rotations about the centre (torchvision's F.rotate)."""
+    angle = torch.deg2rad(degrees.float())
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+
+
+def rotate(x, degrees):
+    """Rotate image i counter-clockwise by degrees[i] about its centre (nearest, zero fill)."""
+    return warp(x, theta=rotation_matrix(degrees))
+
+
+def random_rotation(x, degrees, generator=None):
+    """Rotate each image by a uniform angle in [-degrees, degrees] (nearest, zero fill)."""
+    return random_geometry(x, degrees, 0, False, generator)
 
 
 def random_crop(x, padding, generator=None):
     """Zero-pad by `padding` and take a random HxW window per image (torchvision RandomCrop's)."""
-    if padding <= 0:
-        return x
-    n, _, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device, generator=generator)
-    rows = dy + torch.arange(h, device=x.device).view(1, h, 1)
-    cols = dx + torch.arange(w, device=x.device).view(1, 1, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1)
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+    return random_geometry(x, 0, padding, False, generator)
 
 
 def random_flip(x, generator=None):
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    """Mirror each image left-right with probability 1/2."""
+    return random_geometry(x, 0, 0, True, generator)
 
 
-def random_rotation(x, degrees, generator=None):
-    """Rotate each image by a uniform angle in [-degrees, degrees] (bilinear, zero fill)."""
-    if degrees <= 0:
+def random_geometry(x, degrees, padding, flip, generator=None):
+    """RandomRotation(degrees), then RandomCrop(padding), then RandomHorizontalFlip, as one gather."""
+    if degrees <= 0 and padding <= 0 and not flip:
         return x
-    n = x.shape[0]
-    angle = (torch.rand(n, device=x.device, generator=generator) * 2 - 1) * math.radians(degrees)
-    cos, sin = angle.cos(), angle.sin()
-    zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    rotated = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return rotated.round_().clamp_(0, 255).to(x.dtype)
+    n, device = x.shape[0], x.device
+    theta = shift = mirror = None
+    if degrees > 0:
+        theta = rotation_matrix((torch.rand(n, device=device, generator=generator) * 2 - 1) * degrees)
+    if padding > 0:
+        shift = torch.randint(-padding, padding + 1, (n, 2), device=device, generator=generator)
+    if flip:
+        mirror = torch.rand(n, device=device, generator=generator) < 0.5
+    return warp(x, theta, shift, mirror)
 
 
 def cutout(x, size, generator=None):
@@ -56,40 +104,151 @@ def cutout(x, size, generator=None):
     return x.masked_fill(inside.unsqueeze(1), 0)
 
 
-class BatchedAutoAugment:
-    """torchvision's AutoAugment (CIFAR10 policy) with a sub-policy drawn per image.
+# AutoAugment's photometric ops with one magnitude per image (m: float [N]), matching the
+# formulas of torchvision's tensor functional ops (uint8 in, uint8 out).
+def _per_image(m):
+    return m.view(-1, 1, 1, 1)
 
-    Images that drew the same sub-policy, the same coin flips and the same sign go through
-    torchvision's op together, so a batch costs at most 25 x 2 x 2 op calls instead of N.
+
+def _blend(x, other, factor):
+    # Both weights rounded from float64, as torchvision's Python-float ratio is; keeps results bit-equal.
+    factor = factor.double()
+    return (factor.float() * x + (1.0 - factor).float() * other).clamp_(0, 255).to(torch.uint8)
+
+
+def _gray(x):
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).to(torch.uint8).unsqueeze(1)
+
+
+def _smoothed(x):
+    """torchvision's sharpness 'degenerate' image: 3x3 smoothing inside, border pixels kept."""
+    kernel = torch.ones(3, 3, device=x.device)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, 3, 3)
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = F.conv2d(x.float(), kernel, groups=x.shape[1]).round_().to(torch.uint8)
+    return out
+
+
+def _autocontrast(x, m):
+    low = x.amin(dim=(2, 3), keepdim=True).float()
+    high = x.amax(dim=(2, 3), keepdim=True).float()
+    flat = high == low
+    scale = torch.where(flat, 1.0, 255.0 / (high - low))
+    low = torch.where(flat, 0.0, low)
+    return ((x - low) * scale).clamp_(0, 255).to(torch.uint8)
+
+
+def _equalize(x, m):
+    """Histogram equalisation per image and channel, all channels of the batch in one bincount."""
+    n, c, h, w = x.shape
+    pixels = x.reshape(n * c, h * w).long()
+    offsets = torch.arange(n * c, device=x.device).view(-1, 1) * 256
+    hist = torch.bincount((pixels + offsets).flatten(), minlength=n * c * 256).view(n * c, 256)
+    # torchvision: step = (pixel count outside the highest occupied bin) // 255; step 0 leaves the channel.
+    top = hist.gather(1, pixels.amax(1, keepdim=True))
+    step = torch.div(h * w - top, 255, rounding_mode="floor")
+    safe = step.clamp(min=1)
+    lut = torch.div(hist.cumsum(1) + torch.div(safe, 2, rounding_mode="floor"), safe, rounding_mode="floor")
+    lut = F.pad(lut, (1, 0))[:, :-1].clamp_(0, 255)
+    out = torch.where(step == 0, pixels, lut.gather(1, pixels))
+    return out.to(torch.uint8).view(n, c, h, w)
+
+
+PHOTOMETRIC_OPS = {
+    "Brightness": lambda x, m: _blend(x, 0.0, 1.0 + _per_image(m)),
+    "Color": lambda x, m: _blend(x, _gray(x), 1.0 + _per_image(m)),
+    "Contrast": lambda x, m: _blend(x, _gray(x).float().mean((1, 2, 3), keepdim=True), 1.0 + _per_image(m)),
+    "Sharpness": lambda x, m: _blend(x, _smoothed(x), 1.0 + _per_image(m)),
+    "Posterize": lambda x, m: x & (256 - 2 ** (8 - _per_image(m).long())).to(torch.uint8),
+    "Solarize": lambda x, m: torch.where(x >= _per_image(m), 255 - x, x),
+    "AutoContrast": _autocontrast,
+    "Equalize": _equalize,
+    "Invert": lambda x, m: 255 - x,
+}
+GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
+def inverse_matrix(op_name, magnitude, image_size):
+    """The inverse affine matrix torchvision's _apply_op uses for a geometric op (F.affine / F.rotate)."""
+    h, w = image_size
+    if op_name == "Rotate":
+        matrix = _get_inverse_affine_matrix([0.0, 0.0], -magnitude, [0.0, 0.0], 1.0, [0.0, 0.0])
+    elif op_name in ("ShearX", "ShearY"):
+        shear = math.degrees(math.atan(magnitude))  # sheared about the top-left corner
+        matrix = _get_inverse_affine_matrix([-w * 0.5, -h * 0.5], 0.0, [0.0, 0.0], 1.0,
+                                            [shear, 0.0] if op_name == "ShearX" else [0.0, shear])
+    else:
+        shift = float(int(magnitude))
+        matrix = _get_inverse_affine_matrix([0.0, 0.0], 0.0, [shift, 0.0] if op_name == "TranslateX" else
+                                            [0.0, shift], 1.0, [0.0, 0.0])
+    return torch.tensor(matrix, dtype=torch.float32).view(2, 3)
+
+
+class BatchedAutoAugment:
+    """torchvision's AutoAugment (CIFAR10 policy by default) with a sub-policy drawn per image.
+
+    Each policy step of each image becomes one entry of a lookup table (op, magnitude with its
+    sign, affine matrix), so a batch costs one resample for all geometric ops of a step and one
+    call per photometric op, whatever the batch size.
     """
 
     def __init__(self, policy=AutoAugmentPolicy.CIFAR10, image_size=(32, 32)):
         reference = tv_autoaugment.AutoAugment(policy)
         self.policies = reference.policies
-        self.space = reference._augmentation_space(10, image_size)
+        space = reference._augmentation_space(10, image_size)
+        self.op_names = sorted({op for subpolicy in self.policies for op, _, _ in subpolicy})
+        unknown = set(self.op_names) - set(PHOTOMETRIC_OPS) - set(GEOMETRIC_OPS)
+        if unknown:
+            raise ValueError(f"AutoAugment ops {sorted(unknown)} have no batched version")
+        n = len(self.policies)
+        # Table index: (sub-policy, step, sign); torchvision negates a signed magnitude when its sign bit is 0.
+        self.op = torch.zeros(n, 2, 2, dtype=torch.long)
+        self.magnitude = torch.zeros(n, 2, 2, dtype=torch.float64)
+        self.theta = torch.eye(2, 3).repeat(n, 2, 2, 1, 1)
+        self.probability = torch.zeros(n, 2)
+        for p, subpolicy in enumerate(self.policies):
+            for step, (op_name, probability, magnitude_bin) in enumerate(subpolicy):
+                magnitudes, signed = space[op_name]
+                value = float(magnitudes[magnitude_bin]) if magnitude_bin is not None else 0.0
+                self.probability[p, step] = probability
+                for sign, signed_value in enumerate((-value if signed else value, value)):
+                    self.op[p, step, sign] = self.op_names.index(op_name)
+                    self.magnitude[p, step, sign] = signed_value
+                    if op_name in GEOMETRIC_OPS:
+                        self.theta[p, step, sign] = inverse_matrix(op_name, signed_value, image_size)
+        self.geometric = torch.tensor([name in GEOMETRIC_OPS for name in self.op_names])
+        self.image_size = tuple(image_size)
+
+    def _tables(self, device):
+        if self.op.device != device:
+            for name in ("op", "magnitude", "theta", "probability", "geometric"):
+                setattr(self, name, getattr(self, name).to(device))
 
     def __call__(self, x, generator=None):
+        self._tables(x.device)
         n = x.shape[0]
-        out = x.clone()
         choice = torch.randint(0, len(self.policies), (n,), device=x.device, generator=generator)
         coins = torch.rand(n, 2, device=x.device, generator=generator)
-        signs = torch.rand(n, 2, device=x.device, generator=generator) < 0.5
-        for index, subpolicy in enumerate(self.policies):
-            members = (choice == index).nonzero().flatten()
-            if members.numel() == 0:
-                continue
-            for step, (op_name, probability, magnitude_bin) in enumerate(subpolicy):
-                chosen = members[coins[members, step] < probability]
-                if chosen.numel() == 0:
+        signs = torch.randint(0, 2, (n, 2), device=x.device, generator=generator)
+        out = x
+        for step in range(2):
+            sign = signs[:, step]
+            op = torch.where(coins[:, step] <= self.probability[choice, step], self.op[choice, step, sign], -1)
+            geometric = (op >= 0) & self.geometric[op.clamp(min=0)]
+            members = geometric.nonzero().flatten()
+            if members.numel():
+                out = out.clone() if out is x else out
+                out[members] = warp(out[members], theta=self.theta[choice[members], step, sign[members]])
+            magnitude = self.magnitude[choice, step, sign]
+            for index, name in enumerate(self.op_names):
+                if name in GEOMETRIC_OPS:
                     continue
-                magnitudes, signed = self.space[op_name]
-                magnitude = float(magnitudes[magnitude_bin]) if magnitudes.ndim > 0 else 0.0
-                groups = [(chosen[signs[chosen, step]], -magnitude), (chosen[~signs[chosen, step]], magnitude)] \
-                    if signed else [(chosen, magnitude)]
-                for group, value in groups:
-                    if group.numel():
-                        out[group] = tv_autoaugment._apply_op(out[group], op_name, value,
-                                                              interpolation=InterpolationMode.NEAREST, fill=None)
+                members = (op == index).nonzero().flatten()
+                if members.numel():
+                    out = out.clone() if out is x else out
+                    out[members] = PHOTOMETRIC_OPS[name](out[members], magnitude[members])
         return out
 
 
@@ -109,12 +268,7 @@ class Augmentation:
     def __call__(self, x, generator=None):
         if self.autoaugment is not None:
             x = self.autoaugment(x, generator)
-        if self.rotation:
-            x = random_rotation(x, self.rotation, generator)
-        if self.crop_padding:
-            x = random_crop(x, self.crop_padding, generator)
-        if self.flip:
-            x = random_flip(x, generator)
+        x = random_geometry(x, self.rotation, self.crop_padding, self.flip, generator)
         if self.cutout:
             x = cutout(x, self.cutout, generator)
         return x

@@ -72,9 +72,36 @@ def download(root: Path):
                            f"Download it by hand, unpack it there, or point CIFAR10_ROOT at a copy") from err
 
 
+_CACHE = {}
+
+
 def load_cifar10(root, download_missing=False, expected_train=50_000, expected_test=10_000):
-    """Return {'train': (x, y), 'test': (x, y)} as uint8 images [N,3,32,32] and int64 labels."""
+    """Return {'train': (x, y), 'test': (x, y)} as uint8 images [N,3,32,32] and int64 labels.
+
+    Read once per process: later calls for the same unchanged files (every trial of a sweep
+    running in this process) get the same tensors back, which callers must not modify in place.
+    """
     directory = dataset_dir(root)
+    key = (str(directory.resolve()), expected_train, expected_test, _files_stamp(directory))
+    if key not in _CACHE:
+        _CACHE.clear()  # one dataset at a time; a changed file replaces the old entry
+        _CACHE[key] = _read_cifar10(directory, download_missing, expected_train, expected_test)
+    return _CACHE[key]
+
+
+def _files_stamp(directory):
+    """(name, size, mtime) of every batch file, so a replaced or repaired file is read again."""
+    stamp = []
+    for name in TRAIN_FILES + TEST_FILES:
+        try:
+            info = (directory / name).stat()
+            stamp.append((name, info.st_size, info.st_mtime_ns))
+        except OSError:
+            stamp.append((name, None, None))
+    return tuple(stamp)
+
+
+def _read_cifar10(directory, download_missing, expected_train, expected_test):
     missing = [name for name in TRAIN_FILES + TEST_FILES if not (directory / name).is_file()]
     if missing and download_missing:
         download(directory.parent)

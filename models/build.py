@@ -117,12 +117,7 @@ def check_shapes(model: ResNet, stem_name: str, image_size=32):
             shortcut = size if block.shortcut.proj is None else _out_size(block.shortcut.proj, size)
             if body != shortcut or body <= 0:
                 kernel2 = any(getattr(m, "kernel_size", None) == (2, 2) for m in block.body.modules())
-                hint = (" Kernel-2 blocks need even feature maps at each stride-2 block: use stem=conv3x3."
-                        if kernel2 else " Use fewer stride-2 layers or a stem that downsamples less (stem=conv3x3).")
-                raise ModelConfigError(
-                    f"model.layers.{layer_name} block {index} cannot take the {size}x{size} feature map that "
-                    f"stem '{stem_name}' and the layers before it produce (body gives {body}x{body}, "
-                    f"shortcut {shortcut}x{shortcut}).{hint}")
+                raise ModelConfigError(_shape_message(layer_name, index, size, stem_name, body, shortcut, kernel2))
             size = body
     return size
 
@@ -162,12 +157,95 @@ def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+# Counting by arithmetic on the specs, without building modules: constructing the ~250 modules of
+# the final model costs ~60 ms even on the meta device (each runs its weight init). The rules
+# mirror models/resnet.py; tests/test_bench_smoke.py checks them against built models.
+def _conv(c_in, c_out, kernel):
+    return c_in * c_out * kernel * kernel
+
+
+def _spatial_windows(kernel, stride, k2_design, second):
+    """(kernel, stride, padding) of every size-changing window in resnet.spatial_conv."""
+    if kernel != 2:
+        return [(kernel, stride, kernel // 2)]
+    if k2_design == "pad":
+        return [(2, stride, 0 if second else 1)]
+    return [(2, stride, 1), (2, 1, 0)]  # k2 p1 conv, then AvgPool(2, stride 1)
+
+
+def _block_plan(block, c_in, c_out, stride, kernel, k2_design, reduction):
+    """(parameters, body windows, has a projection shortcut) of one residual block."""
+    projection = c_in != c_out or stride != 1
+    params = _conv(c_in, c_out, 1) if projection else 0
+    if block == "basic":
+        params += _conv(c_in, c_out, kernel) + 2 * c_out + _conv(c_out, c_out, kernel) + 2 * c_out
+        windows = (_spatial_windows(kernel, stride, k2_design, False)
+                   + _spatial_windows(kernel, 1, k2_design, True))
+    else:
+        mid = c_out // reduction
+        params += _conv(c_in, mid, 1) + 2 * mid + _conv(mid, mid, kernel) + 2 * mid + _conv(mid, c_out, 1) + 2 * c_out
+        windows = _spatial_windows(kernel, stride, k2_design, False)
+    return params, windows, projection
+
+
+def _window_out(size, windows):
+    for k, s, p in windows:
+        size = (size + 2 * p - k) // s + 1
+    return size
+
+
+def planned_report(stem: StemSpec, layers, num_classes, reduction, k2_design, budget, image_size=32):
+    """param_report's table and shape check from the specs alone (microseconds, no tensors)."""
+    size = _window_out(image_size, [(stem.kernel_size, stem.stride, stem.padding)]
+                       + ([(3, 2, 1)] if stem.maxpool else []))
+    rows = [("stem", _conv(3, stem.channels, stem.kernel_size) + 2 * stem.channels)]
+    c_in = stem.channels
+    for index, layer in enumerate(layers):
+        total = 0
+        for b in range(layer.blocks):
+            stride = 2 if (index > 0 and b == 0) else 1
+            params, windows, projection = _block_plan(layer.block, c_in, layer.channels, stride,
+                                                      layer.kernel_size, k2_design, reduction)
+            body = _window_out(size, windows)
+            shortcut = (size - 1) // stride + 1 if projection else size
+            if body != shortcut or body <= 0:
+                raise ModelConfigError(_shape_message(layer.name, b, size, stem.name, body, shortcut,
+                                                      kernel2=layer.kernel_size == 2))
+            total, size, c_in = total + params, body, layer.channels
+        rows.append((f"{layer.name} ({layer.blocks} blocks)", total))
+    rows.append(("head", c_in * num_classes + num_classes))
+    return ParamReport(rows, sum(count for _, count in rows), int(budget))
+
+
+def _shape_message(layer_name, index, size, stem_name, body, shortcut, kernel2):
+    hint = (" Kernel-2 blocks need even feature maps at each stride-2 block: use stem=conv3x3."
+            if kernel2 else " Use fewer stride-2 layers or a stem that downsamples less (stem=conv3x3).")
+    return (f"model.layers.{layer_name} block {index} cannot take the {size}x{size} feature map that "
+            f"stem '{stem_name}' and the layers before it produce (body gives {body}x{body}, "
+            f"shortcut {shortcut}x{shortcut}).{hint}")
+
+
 def param_report(cfg) -> ParamReport:
-    """Count parameters on the meta device (no weight memory) and check shapes; milliseconds."""
+    """Count parameters and check shapes from the config alone: no weights, well under a millisecond.
+
+    The same validation as build_model runs first, so a bad config fails with the same message.
+    """
+    k2_design = str(cfg.blocks.k2_design)
+    if k2_design not in K2_DESIGNS:
+        raise ModelConfigError(f"blocks.k2_design='{k2_design}' is unknown: use one of {', '.join(K2_DESIGNS)}")
+    reduction = _int(cfg.blocks.bottleneck_reduction, "blocks.bottleneck_reduction")
+    if reduction <= 0:
+        raise ModelConfigError(f"blocks.bottleneck_reduction={reduction} must be a positive integer")
+    return planned_report(stem_spec(cfg.stem), layer_specs(cfg.model, cfg.blocks),
+                          _int(cfg.model.num_classes, "model.num_classes"), reduction, k2_design,
+                          cfg.budget.max_params)
+
+
+def module_report(cfg) -> ParamReport:
+    """param_report by building the model on the meta device and counting its parameters (slow, exact)."""
     model = build_model(cfg, device="meta")
     check_shapes(model, str(cfg.stem.name))
     rows = [("stem", count_params(model.stem))]
     rows += [(f"{name} ({len(layer)} blocks)", count_params(layer)) for name, layer in model.layers.items()]
     rows.append(("head", count_params(model.head)))
-    budget = cfg.budget.max_params
-    return ParamReport(rows, sum(count for _, count in rows), int(budget))
+    return ParamReport(rows, sum(count for _, count in rows), int(cfg.budget.max_params))

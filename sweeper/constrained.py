@@ -14,7 +14,6 @@ import functools
 import logging
 import math
 import time
-import warnings
 
 import optuna
 from hydra.utils import instantiate
@@ -25,16 +24,11 @@ from optuna.trial import TrialState
 
 from models import ModelConfigError, param_report
 from sweeper import report as sweep_report
-from sweeper.trial import DivergedError, Pruned, open_storage
+from sweeper.trial import DivergedError, Pruned, TrialPruned, open_storage
 
 log = logging.getLogger(__name__)
 
 SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
-
-
-# We drive heartbeats ourselves (ask/tell, not Study.optimize); Optuna warns about both.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def tell(study, trial, **kwargs):
@@ -213,8 +207,8 @@ class ConstrainedSweeperImpl(OptunaSweeperImpl):
         try:
             value = ret.return_value
             if isinstance(value, Pruned):
-                raise optuna.TrialPruned(value.message)
-        except optuna.TrialPruned as err:
+                raise TrialPruned(value.message)
+        except TrialPruned as err:
             tell(study, trial, state=TrialState.PRUNED)
             log.info(f"  {err}")
             return None

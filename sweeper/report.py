@@ -152,6 +152,7 @@ def _plots(study, directions, out_dir):
     trained = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                if not t.user_attrs.get("infeasible")]
     # Plot only trials that trained: over-budget proposals carry a placeholder value.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created in memory" line
     view = optuna.create_study(directions=directions, storage=optuna.storages.InMemoryStorage())
     view.add_trials(trained)
     paths = []

@@ -7,12 +7,13 @@ config keys, and the job reconnects to the study's storage to report and to send
 import threading
 import warnings
 
-import optuna
-
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+# optuna is imported where it is used, so that single runs (and train.py's import) do without it.
 
 PRUNERS = ("none", "median", "successive_halving", "hyperband", "threshold")
+
+
+class TrialPruned(Exception):
+    """Raised in the training loop when the pruner stops the trial."""
 
 
 class Pruned:
@@ -31,6 +32,10 @@ class DivergedError(RuntimeError):
 
 def open_storage(url, heartbeat_interval=10, grace_period=60):
     """An RDB storage (sqlite, PostgreSQL, ...) with heartbeats; sqlite waits for locks instead of failing."""
+    import optuna
+    # We drive heartbeats ourselves (ask/tell, not Study.optimize); Optuna warns about both.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                                       grace_period=grace_period)
@@ -38,6 +43,7 @@ def open_storage(url, heartbeat_interval=10, grace_period=60):
 
 def build_pruner(spec, epochs):
     """`hydra.sweeper.pruner` ({name: median, ...}) -> an Optuna pruner."""
+    import optuna
     spec = dict(spec or {"name": "none"})
     name = spec.pop("name", "none")
     if name not in PRUNERS:
@@ -55,9 +61,10 @@ def build_pruner(spec, epochs):
 
 
 class TrialReporter:
-    """Reports validation accuracy per epoch to the trial and raises optuna.TrialPruned when told."""
+    """Reports validation accuracy per epoch to the trial and raises TrialPruned when told."""
 
     def __init__(self, sweep_cfg, pruner_spec, epochs, heartbeat=(10, 60)):
+        import optuna
         self.storage = open_storage(str(sweep_cfg.storage), *heartbeat)
         self.study = optuna.load_study(study_name=str(sweep_cfg.study_name), storage=self.storage,
                                        pruner=build_pruner(pruner_spec, epochs))
@@ -90,7 +97,7 @@ class TrialReporter:
         self.trial.report(value, epoch)
         if self.trial.should_prune():
             self.trial.set_user_attr("pruned_at_epoch", epoch)
-            raise optuna.TrialPruned(f"trial {self.number} pruned at epoch {epoch} (value {value:.4f})")
+            raise TrialPruned(f"trial {self.number} pruned at epoch {epoch} (value {value:.4f})")
 
     def close(self):
         self._stop.set()

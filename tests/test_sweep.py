@@ -102,3 +102,16 @@ def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(tmp_path, train_env
     trials = {t.params["optimizer.lr"]: t for t in launched(load(tmp_path))}
     assert trials[0.01].state == TrialState.COMPLETE
     assert trials[1e12].state == TrialState.FAIL and trials[1e12].user_attrs["fail_reason"].startswith("diverged")
+
+
+def test_multi_objective_sweep_gives_a_pareto_front(tmp_path, train_env):
+    result = run_sweep(tmp_path, train_env, "hydra.sweeper.direction=[maximize,minimize]", "trainer.epochs=1",
+                       "hydra/sweeper/search=empty", "model.width_mult=choice(0.5,1.0)", "hydra.sweeper.n_trials=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(tmp_path)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    for t in launched(study):
+        assert t.values[1] == t.user_attrs["num_params"]
+    front = (tmp_path / "multirun" / "pareto_front.tsv").read_text().splitlines()
+    assert front[0] == "val_acc\tnum_params\tcommand" and len(front) >= 2
+    assert (tmp_path / "multirun" / "pareto_front.png").stat().st_size > 0

@@ -57,7 +57,8 @@ def build_scheduler(cfg, optimizer, steps_per_epoch, epochs):
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if name == "cosine":
-        warmup = min(int(float(sched.warmup_epochs) * steps_per_epoch), total - 1)
+        # Short runs (quick checks, sweep trials) would spend most of their steps warming up: cap at 20%.
+        warmup = min(int(float(sched.warmup_epochs) * steps_per_epoch), int(0.2 * total))
         floor = float(sched.min_lr_ratio)
 
         def cosine(step):

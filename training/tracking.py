@@ -54,10 +54,9 @@ def open_store(uri, experiment):
         raise TrackingError(f"cannot open MLflow store {uri}: {err}") from err
 
 
-def start_run(cfg, num_params, run_id=None):
+def start_run(cfg, num_params, experiment_id, run_id=None):
     """Start (or resume, with run_id) the run for one training job; nested under a sweep's parent."""
     import mlflow
-    experiment_id = open_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
     tags = {"model": str(cfg.model.name), "num_params": str(num_params)}
     parent = cfg.get("sweep", {}).get("parent_run_id") if cfg.get("sweep") else None
     if parent:

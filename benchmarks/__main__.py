@@ -1,0 +1,120 @@
+"""python -m benchmarks [--quick] [--gpu] [--only SECTION ...]: print a table, write JSON.
+
+    make bench                         # everything, CPU, a few minutes
+    python -m benchmarks --gpu         # plus the GPU half (train step with each speed switch)
+    python -m benchmarks --quick       # seconds: tiny sizes, for the smoke test
+
+Ratios are measured side by side in one run (alternating rounds); absolute numbers only hold for
+the machine recorded in the JSON's "machine" field.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from benchmarks import budget_check, data_pipeline, train_step, trial_overhead
+from benchmarks.common import cifar_images, machine
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("budget", "data", "train", "overhead")
+
+FULL = dict(data=dict(batch_size=256, conventional_images=2048, ours_images=16384, rounds=3),
+            train={"tiny": dict(batch_size=64, steps=3), "final": dict(batch_size=16, steps=2)}, train_rounds=5,
+            gpu=dict(batch_size=256, steps=20, rounds=5),
+            overhead=dict(trials=5, train_per_file=10_000, test=1_000), budget_repeats=20, budget_control=True)
+QUICK = dict(data=dict(batch_size=32, conventional_images=64, ours_images=256, rounds=1, workers=0),
+             train={"tiny": dict(batch_size=8, steps=2)}, train_rounds=1,
+             gpu=dict(batch_size=8, steps=2, rounds=1),
+             overhead=dict(trials=2, train_per_file=100, test=100, subset=64, val_size=64, baseline=False), budget_repeats=2,
+             budget_control=False)
+
+
+def compose_cfg(overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf")):
+        return compose("config", overrides=list(overrides))
+
+
+def table(title, rows, columns):
+    widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in columns]
+    lines = [title, "  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(f"{r.get(c, '')}".rjust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds); numbers mean nothing")
+    parser.add_argument("--gpu", action="store_true", help="also the GPU half: model=final with each speed switch")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="sections to run")
+    parser.add_argument("--root", default=os.environ.get("CIFAR10_ROOT", str(REPO / "data" / "cifar10")),
+                        help="CIFAR-10 folder (random images of the same shape when absent)")
+    parser.add_argument("--out", default=str(REPO / "bench_results" / "latest.json"))
+    args = parser.parse_args(argv)
+    if args.gpu and not torch.cuda.is_available():
+        parser.error("--gpu needs a CUDA GPU, and none is visible (torch.cuda.is_available() is False)")
+    settings = QUICK if args.quick else FULL
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = {"machine": machine(), "device": device, "quick": args.quick, "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(f"machine: {results['machine']}", flush=True)
+    out = []
+
+    if "budget" in args.only:  # first, before anything else grows the process's memory
+        rows = budget_check.bench(compose_cfg, settings["budget_repeats"], settings["budget_control"])
+        results["budget_check"] = rows
+        out.append(table("budget check: param_report latency and memory", rows,
+                         ["config", "params", "first_ms", "median_ms", "max_ms", "python_peak_kb",
+                          "rss_growth_mb", "weights_would_be_mb", "real_build_rss_growth_mb"]))
+        print(out[-1], flush=True)
+
+    needs_images = {"data", "train"} & set(args.only)
+    images, labels, source = cifar_images(args.root, None if not args.quick else 512) if needs_images else (None,) * 3
+    results["images"] = source
+
+    if "data" in args.only:
+        rows = data_pipeline.bench(images, labels, device, **settings["data"])
+        results["data_pipeline"] = rows
+        out.append(table(f"data pipeline ({device}, {source} images): images/s, ours vs conventional", rows,
+                         ["policy", "batch_size", "workers", "ours_images_per_sec", "conventional_images_per_sec",
+                          "ratio"]))
+        print(out[-1], flush=True)
+
+    if "train" in args.only:
+        rows = [train_step.bench_loop(compose_cfg([f"model={name}"]), images, labels, device,
+                                      rounds=settings["train_rounds"], **sizes)
+                for name, sizes in settings["train"].items()]
+        results["train_step"] = rows
+        out.append(table(f"train step ({device}, fp32): images/s, project loop vs plain loop", rows,
+                         ["model", "batch_size", "steps", "project_images_per_sec", "plain_images_per_sec", "ratio"]))
+        print(out[-1], flush=True)
+        if args.gpu:
+            gpu = settings["gpu"]
+            rows = train_step.bench_gpu_switches(compose_cfg(["model=final"]), images, labels, gpu["batch_size"],
+                                                 gpu["steps"], gpu["rounds"])
+            results["gpu_switches"] = rows
+            out.append(table(f"GPU switches ({results['machine'].get('gpu')}): model=final, project loop", rows,
+                             ["variant", "batch_size", "images_per_sec", "speedup_vs_fp32"]))
+            print(out[-1], flush=True)
+
+    if "overhead" in args.only:
+        with tempfile.TemporaryDirectory() as workdir:
+            row = trial_overhead.bench(workdir, **settings["overhead"])
+        results["trial_overhead"] = row
+        out.append(table("per-trial overhead of `train.py -m` (tiny trials, basic sweeper)", [row], list(row)))
+        print(out[-1], flush=True)
+
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{chr(10).join(out)}\n\nwrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Train step images/s: the project's loop (train.train_one_epoch: scheduler, metrics on the device,
+progress lines) against a minimal hand-written PyTorch loop, same model, batch and data.
+
+On a GPU, also the project loop with each speed switch (bf16 autocast, channels_last, fused
+optimizer, torch.compile) against its fp32 baseline, all in the same run.
+"""
+import contextlib
+import copy
+import io
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import interleaved, ratio_of_medians, sync
+from data import DeviceLoader, channel_stats
+from models import build_model
+from training.optim import build_optimizer, build_scheduler
+from train import train_one_epoch
+
+GPU_VARIANTS = {  # name: (precision, channels_last, fused optimizer, compile)
+    "fp32": ("fp32", False, False, False),
+    "bf16": ("bf16", False, False, False),
+    "channels_last": ("fp32", True, False, False),
+    "fused_optimizer": ("fp32", False, True, False),
+    "bf16+channels_last+fused": ("bf16", True, True, False),
+    "all+compile": ("bf16", True, True, True),
+}
+
+
+def make_loader(images, labels, device, batch_size, steps, channels_last=False):
+    n = batch_size * steps
+    x, y = images[:n].to(device), labels[:n].to(device)
+    mean, std = channel_stats(images[:n])
+    return DeviceLoader(x, y, batch_size, mean, std, shuffle=True, drop_last=True, channels_last=channels_last)
+
+
+class ProjectLoop:
+    """Everything train.py does per step, through the same function."""
+
+    def __init__(self, cfg, model, loader, device, precision="fp32", fused=None, compile=False):
+        self.model, self.loader, self.device = model, loader, device
+        # build_optimizer picks fused kernels for cuda; naming the device type "cpu" turns them off.
+        fused = device.type == "cuda" if fused is None else fused
+        self.optimizer = build_optimizer(cfg, model, "cuda" if fused else "cpu")
+        self.scheduler = build_scheduler(cfg, self.optimizer, len(loader), epochs=10_000)
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+        self.forward = torch.compile(model) if compile else model
+        # A progress line at least once per measured window (train.py's default is every 50 steps).
+        self.log_every = max(1, min(int(cfg.trainer.log_every or 50), len(loader) // 2))
+        self.epoch = 0
+
+    def __call__(self):
+        self.epoch += 1
+        with contextlib.redirect_stdout(io.StringIO()):
+            _, _, seen = train_one_epoch(self.model, self.forward, self.loader, self.optimizer, self.scheduler,
+                                         self.criterion, self.autocast, self.scaler, log_every=self.log_every,
+                                         epoch=self.epoch)
+        sync(self.device)
+        return seen
+
+
+class PlainLoop:
+    """The minimal loop people write: forward, cross-entropy, backward, step."""
+
+    def __init__(self, model, loader, device, lr=1e-3):
+        self.model, self.loader, self.device = model, loader, device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def __call__(self):
+        self.model.train()
+        seen = 0
+        for x, y in self.loader:
+            loss = F.cross_entropy(self.model(x), y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            seen += len(y)
+        sync(self.device)
+        return seen
+
+
+def bench_loop(cfg, images, labels, device, batch_size, steps, rounds):
+    """Project loop vs plain loop, fp32, interleaved rounds; one row."""
+    device = torch.device(device)
+    model = build_model(cfg, device=device)
+    plain_model = copy.deepcopy(model)
+    project = ProjectLoop(cfg, model, make_loader(images, labels, device, batch_size, steps), device,
+                          fused=device.type == "cuda")
+    plain = PlainLoop(plain_model, make_loader(images, labels, device, batch_size, steps), device)
+    if device.type == "cuda":  # the plain loop gets the same optimizer kernels
+        plain.optimizer = torch.optim.AdamW(plain_model.parameters(), lr=1e-3, fused=True)
+    project(), plain()  # warm-up
+    result = interleaved({"project": project, "plain": plain}, rounds)
+    return {"model": str(cfg.model.name), "device": str(device), "batch_size": batch_size, "steps": steps,
+            "project_images_per_sec": round(result["project"]["images_per_sec"], 1),
+            "plain_images_per_sec": round(result["plain"]["images_per_sec"], 1),
+            "ratio": round(ratio_of_medians(result, "project", "plain"), 3), "rounds": result}
+
+
+def bench_gpu_switches(cfg, images, labels, batch_size, steps, rounds, variants=GPU_VARIANTS):
+    """The project loop on CUDA with each switch; speedups relative to fp32 measured in the same rounds."""
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True  # as train.py does on cuda
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    loops = {}
+    for name, (precision, channels_last, fused, compile) in variants.items():
+        model = build_model(cfg, device=device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loader = make_loader(images, labels, device, batch_size, steps, channels_last)
+        loops[name] = ProjectLoop(cfg, model, loader, device, precision, fused=fused, compile=compile)
+        loops[name]()  # warm-up (and compilation)
+        loops[name]()
+    result = interleaved(loops, rounds)
+    return [{"variant": name, "model": str(cfg.model.name), "batch_size": batch_size,
+             "images_per_sec": round(result[name]["images_per_sec"], 1),
+             "speedup_vs_fp32": round(ratio_of_medians(result, name, "fp32"), 2) if "fp32" in result else None,
+             "rounds": result[name]["rounds"]} for name in loops]

@@ -1,0 +1,140 @@
+"""Batched augmentation: shapes, dtypes and ranges kept; each op does what torchvision's does."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import autoaugment as tv_autoaugment
+from torchvision.transforms import functional as TF
+
+from data.augment import (GEOMETRIC_OPS, PHOTOMETRIC_OPS, Augmentation, BatchedAutoAugment, cutout,
+                          inverse_matrix, random_crop, random_flip, random_geometry, random_rotation, rotate,
+                          rotation_matrix, warp)
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Smooth-ish random images (blocks of colour plus noise), so equalize and autocontrast have work to do."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 256, (64, 3, 8, 8), generator=g).float()
+    x = torch.nn.functional.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
+    return (x + torch.randint(-20, 21, x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", ["none", "simple", "autoaugment"])
+def test_policies_keep_shape_dtype_and_range(images, name):
+    cfg = OmegaConf.load(REPO / "conf" / "augmentation" / f"{name}.yaml")
+    before = images.clone()
+    out = Augmentation(cfg)(images, gen())
+    assert torch.equal(images, before)  # the input is not modified in place
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert out.min() >= 0 and out.max() <= 255
+    if name == "none":
+        assert torch.equal(out, images)
+
+
+def test_crop_with_padding_zero_and_rotation_zero_are_identity(images):
+    assert torch.equal(random_crop(images, 0, gen()), images)
+    assert torch.equal(random_rotation(images, 0, gen()), images)
+    assert torch.equal(rotate(images, torch.zeros(len(images))), images)
+
+
+def test_crop_shifts_into_a_zero_border(images):
+    out = random_crop(images, 2, gen())
+    n, dy, dx = 0, 0, 0
+    for i in range(len(images)):  # every output is a shifted input with zeros where the border shows
+        found = [(a, b) for a in range(-2, 3) for b in range(-2, 3)
+                 if torch.equal(out[i], warp(images[i:i + 1], shift=torch.tensor([[a, b]]))[0])]
+        assert found, f"image {i} is not a shift in [-2, 2]"
+        n += 1
+        dy, dx = dy + abs(found[0][0]), dx + abs(found[0][1])
+    assert dy > 0 and dx > 0  # not always the centre window
+    shifted = warp(images, shift=torch.tensor([[1, -2]]).expand(len(images), 2))
+    assert torch.equal(shifted[:, :, :-1, 2:], images[:, :, 1:, :-2])
+    assert (shifted[:, :, -1] == 0).all() and (shifted[:, :, :, :2] == 0).all()
+
+
+def test_flip_mirrors_about_half_and_twice_is_identity(images):
+    out = random_flip(images, gen(3))
+    mirrored = (out == images.flip(3)).flatten(1).all(1)
+    same = (out == images).flatten(1).all(1)
+    assert (mirrored | same).all()
+    assert 0.25 < mirrored.float().mean() < 0.75
+    always = torch.ones(len(images), dtype=torch.bool)
+    assert torch.equal(warp(warp(images, flip=always), flip=always), images)
+
+
+@pytest.mark.parametrize("angle", [90.0, -90.0, 180.0])
+def test_rotation_by_right_angles_matches_rot90(images, angle):
+    out = rotate(images, torch.full((len(images),), angle))
+    assert torch.equal(out, torch.rot90(images, int(angle // 90), dims=(2, 3)))
+
+
+@pytest.mark.parametrize("angle", [10.0, -7.3, 30.0])
+def test_rotation_matches_torchvision(images, angle):
+    expected = torch.stack([TF.rotate(img, angle, interpolation=InterpolationMode.NEAREST) for img in images])
+    assert torch.equal(rotate(images, torch.full((len(images),), angle)), expected)
+
+
+def test_simple_policy_is_rotation_then_crop_then_flip(images):
+    """The fused gather equals the three ops one after the other with the same draws."""
+    n = len(images)
+    angles = torch.linspace(-10, 10, n)
+    shift = torch.randint(-2, 3, (n, 2), generator=gen(1))
+    flip = torch.rand(n, generator=gen(2)) < 0.5
+    fused = warp(images, rotation_matrix(angles), shift, flip)
+    stepwise = warp(warp(rotate(images, angles), shift=shift), flip=flip)
+    assert torch.equal(fused, stepwise)
+    out = random_geometry(images, 10, 2, True, gen())
+    assert (out == 0).float().mean() > (images == 0).float().mean()  # zero fill from rotation and crop
+
+
+def test_cutout_zeroes_one_square(images):
+    out = cutout(images + 1, 8, gen())  # +1: no zeros before
+    zeros = (out == 0).all(1)
+    counts = zeros.flatten(1).sum(1)
+    assert (counts > 0).all() and (counts <= 9 * 9).all()
+    assert torch.equal(cutout(images, 0, gen()), images)
+
+
+def _torchvision_op(images, op, magnitude):
+    return torch.stack([tv_autoaugment._apply_op(img, op, magnitude, interpolation=InterpolationMode.NEAREST,
+                                                 fill=None) for img in images])
+
+
+@pytest.mark.parametrize("op", sorted(PHOTOMETRIC_OPS) + list(GEOMETRIC_OPS))
+def test_every_autoaugment_op_equals_torchvision(images, op):
+    magnitudes, signed = tv_autoaugment.AutoAugment()._augmentation_space(10, (32, 32))[op]
+    values = [float(magnitudes[b]) for b in (2, 7)] if magnitudes.ndim else [0.0]
+    values += [-v for v in values] if signed else []
+    for value in values:
+        expected = _torchvision_op(images, op, value)
+        if op in GEOMETRIC_OPS:
+            got = warp(images, theta=inverse_matrix(op, value, (32, 32)).expand(len(images), 2, 3))
+        else:
+            got = PHOTOMETRIC_OPS[op](images, torch.full((len(images),), value, dtype=torch.float64))
+        assert torch.equal(got, expected), f"{op}({value}) differs from torchvision"
+
+
+def test_autoaugment_changes_most_images_and_follows_the_policy(images):
+    aa = BatchedAutoAugment()
+    out = aa(images, gen())
+    changed = (out != images).flatten(1).any(1).float().mean()
+    # CIFAR10 policy: a sub-policy leaves an image unchanged only if both coins miss (or an op is a no-op)
+    assert changed > 0.5
+    assert not torch.equal(out, aa(images, gen(1)))
+    assert torch.equal(out, aa(images, gen()))  # reproducible from the generator
+    # the tables carry torchvision's policy: 25 sub-policies, probabilities and signed magnitudes
+    assert len(aa.policies) == 25
+    p, step = 0, 0
+    op_name, probability, _ = aa.policies[p][step]
+    assert aa.op_names[aa.op[p, step, 0]] == op_name and aa.probability[p, step] == pytest.approx(probability)
+
+
+def test_unknown_policy_is_named():
+    with pytest.raises(ValueError, match="augmentation.name='fancy' is unknown"):
+        Augmentation(OmegaConf.create({"name": "fancy"}))

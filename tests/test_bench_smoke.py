@@ -1,0 +1,109 @@
+"""The benchmark command runs end to end on tiny settings, and the fast paths it measures are exact."""
+import json
+import random
+import time
+import tracemalloc
+
+import pytest
+import torch
+
+from models import build_model, param_report
+from models.build import module_report
+from tests.conftest import REPO, compose_cfg
+
+
+def test_bench_quick_runs_and_writes_json(tmp_path, cifar_root, capsys):
+    """`python -m benchmarks --quick` in-process; the per-trial overhead section (two `train.py -m`
+    sweeps in subprocesses, a minute) runs in `make bench` only."""
+    from benchmarks.__main__ import main
+    out = tmp_path / "bench.json"
+    main(["--quick", "--only", "budget", "data", "train", "--root", str(cifar_root), "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["machine"]["cpu"] and results["machine"]["torch_threads"] >= 1
+    assert results["images"].startswith("500 images")  # the synthetic files were read, not random ones
+    assert {row["config"] for row in results["budget_check"]} == {"final", "50M"}
+    assert {row["policy"] for row in results["data_pipeline"]} == {"simple", "autoaugment"}
+    assert all(row["ratio"] > 0 for row in results["data_pipeline"] + results["train_step"])
+    printed = capsys.readouterr().out
+    assert "data pipeline" in printed and "train step" in printed and f"wrote {out}" in printed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_gpu_flag_without_gpu_is_a_clear_error(tmp_path, capsys):
+    from benchmarks.__main__ import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--gpu", "--quick", "--out", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2 and "--gpu needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_gpu_switch_loops_build_on_cpu(cifar_root):
+    """The GPU half's code path, minus CUDA: every variant's loop builds and steps (compile aside)."""
+    from benchmarks.common import cifar_images
+    from benchmarks.train_step import GPU_VARIANTS, ProjectLoop, make_loader
+    images, labels, _ = cifar_images(str(cifar_root))
+    cfg = compose_cfg(["model=tiny"])
+    device = torch.device("cpu")
+    for name, (precision, channels_last, fused, compile_model) in GPU_VARIANTS.items():
+        if compile_model:
+            continue
+        model = build_model(cfg, device=device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loop = ProjectLoop(cfg, model, make_loader(images, labels, device, 4, 1, channels_last), device,
+                           precision, fused=False)
+        assert loop() == 4, name
+
+
+PRESETS = ["final", "tiny", "resnet18", "resnet18_k2_pad", "resnet18_k2_avgpool"]
+
+
+@pytest.mark.parametrize("model", PRESETS)
+def test_arithmetic_count_equals_built_model(model):
+    cfg = compose_cfg([f"model={model}"])
+    fast, slow = param_report(cfg), module_report(cfg)
+    assert fast.rows == slow.rows and fast.total == slow.total
+    assert fast.total == sum(p.numel() for p in build_model(cfg, device="meta").parameters())
+
+
+def random_overrides(rng):
+    stem = rng.choice(["conv3x3", "conv5x5", "imagenet"])
+    overrides = [f"stem={stem}", f"blocks={rng.choice(['default', 'k2_avgpool', 'bottleneck_r2'])}",
+                 f"model.width_mult={rng.choice([0.5, 1.0, 1.5])}"]
+    for layer in ("layer1", "layer2", "layer3"):
+        overrides += [f"model.layers.{layer}.block={rng.choice(['basic', 'bottleneck'])}",
+                      f"model.layers.{layer}.blocks={rng.randint(1, 3)}",
+                      f"model.layers.{layer}.kernel_size={rng.choice([1, 2, 3, 5])}"]
+    return overrides
+
+
+def test_arithmetic_count_and_shape_check_agree_on_random_configs():
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(20):
+        cfg = compose_cfg(["model=tiny", *random_overrides(rng)])
+        try:
+            fast = param_report(cfg)
+        except ValueError as err:
+            with pytest.raises(type(err)) as slow_err:
+                module_report(cfg)
+            assert str(slow_err.value) == str(err)
+            outcomes.add("rejected")
+            continue
+        assert fast.rows == module_report(cfg).rows
+        outcomes.add("counted")
+    assert outcomes == {"counted", "rejected"}  # both paths were exercised
+
+
+@pytest.mark.parametrize("overrides", [["model=final"], ["model=final", "model.width_mult=3.2"]])
+def test_budget_check_is_fast_and_allocates_no_weights(overrides):
+    cfg = compose_cfg(overrides)
+    param_report(cfg)
+    tracemalloc.start()
+    start = time.perf_counter()
+    report = param_report(cfg)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert report.total in (4_997_194, 50_465_334)
+    assert elapsed < 0.25  # 50 ms budget measured by `make bench`; generous here for a loaded CI machine
+    assert peak < 1_000_000  # bytes; the weights alone would take 4 bytes per parameter
