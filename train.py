@@ -34,6 +34,7 @@ EXECUTION_WHITELIST = [
     "sweeper.*",
     "hydra_plugins.hydra_optuna_sweeper.*",
     "hydra_plugins.hydra_joblib_launcher.*",
+    "hydra_plugins.hydra_submitit_launcher.*",  # SLURM, when installed (README: across machines)
     "optuna.samplers.*",
 ]
 
