@@ -5,10 +5,10 @@ to disk and renaming it over the old one (os.replace is atomic), so a process ki
 writing leaves the previous checkpoint whole and a half-written file is never loaded.
 
 Where: `trainer.checkpoint_dir`, or by default `checkpoints/<model>-<config key>` under the
-directory train.py was started from (a sweep trial: its Hydra job folder). The key is a hash of the resolved config without the
-keys that do not change what is trained (resume, log_every, ...), so running the same command
-again, with trainer.resume=true, finds the same directory; Hydra's timestamped output
-directory would not.
+directory train.py was started from (a sweep trial: its Hydra job folder). The key is a hash of
+the resolved config without the keys that do not change what is trained (resume, log_every, ...),
+so running the same command again, with trainer.resume=true, finds the same directory; Hydra's
+timestamped output directory would not.
 """
 import hashlib
 import json
