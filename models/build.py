@@ -127,6 +127,7 @@ class ParamReport:
     rows: list  # (name, params)
     total: int
     budget: int
+    note: str = ""  # model.budget_note: why a preset is over budget on purpose, appended to the error
 
     @property
     def feasible(self) -> bool:
@@ -148,9 +149,10 @@ class ParamReport:
 
     def over_budget_message(self) -> str:
         biggest = ", ".join(f"{name} {count:,}" for name, count in self.largest())
-        return (f"model has {self.total:,} parameters, over the budget of {self.budget:,} by "
-                f"{self.total - self.budget:,} (largest: {biggest}). Shrink those layers "
-                f"(fewer blocks or channels) or raise budget.max_params.")
+        message = (f"model has {self.total:,} parameters, over the budget of {self.budget:,} by "
+                   f"{self.total - self.budget:,} (largest: {biggest}). Shrink those layers "
+                   f"(fewer blocks or channels) or raise budget.max_params.")
+        return f"{message} {self.note}" if self.note else message
 
 
 def count_params(module) -> int:
@@ -236,9 +238,16 @@ def param_report(cfg) -> ParamReport:
     reduction = _int(cfg.blocks.bottleneck_reduction, "blocks.bottleneck_reduction")
     if reduction <= 0:
         raise ModelConfigError(f"blocks.bottleneck_reduction={reduction} must be a positive integer")
-    return planned_report(stem_spec(cfg.stem), layer_specs(cfg.model, cfg.blocks),
-                          _int(cfg.model.num_classes, "model.num_classes"), reduction, k2_design,
-                          cfg.budget.max_params)
+    report = planned_report(stem_spec(cfg.stem), layer_specs(cfg.model, cfg.blocks),
+                            _int(cfg.model.num_classes, "model.num_classes"), reduction, k2_design,
+                            cfg.budget.max_params)
+    report.note = budget_note(cfg)
+    return report
+
+
+def budget_note(cfg) -> str:
+    """model.budget_note (optional): why a preset is over budget on purpose, one line."""
+    return " ".join(str(cfg.model.get("budget_note") or "").split())
 
 
 def module_report(cfg) -> ParamReport:
@@ -248,4 +257,4 @@ def module_report(cfg) -> ParamReport:
     rows = [("stem", count_params(model.stem))]
     rows += [(f"{name} ({len(layer)} blocks)", count_params(layer)) for name, layer in model.layers.items()]
     rows.append(("head", count_params(model.head)))
-    return ParamReport(rows, sum(count for _, count in rows), int(cfg.budget.max_params))
+    return ParamReport(rows, sum(count for _, count in rows), int(cfg.budget.max_params), budget_note(cfg))
