@@ -3,6 +3,7 @@
     python train.py                                  # the paper's final model, AdamW
     python train.py model=tiny trainer.epochs=1      # a quick run on the CPU
     python train.py model=final dry_run=true         # parameter table and budget check only
+    python train.py model=final task=lr_range_test   # LR range test: plot, CSV, suggested cyclic bounds
     python train.py -m hydra/sweeper=optuna          # Optuna search (see sweeper/)
 
 The parameter budget and every other config check run before data is loaded or an MLflow
@@ -26,6 +27,7 @@ from models import ModelConfigError, build_model, param_report
 from sweeper.trial import DivergedError, Pruned, TrialPruned, TrialReporter
 from training import checkpoint
 from training.checkpoint import CheckpointError
+from training.lr_range import check_settings, run_range_test
 from training.optim import OptimConfigError, build_optimizer, build_scheduler
 from training.tracking import TrackingError, check_reachable, open_store, start_run
 
@@ -69,6 +71,10 @@ def check_config(cfg):
         raise ConfigError(f"trainer.tta='{trainer.tta}' is unknown: use none, flip or flip_shift")
     if trainer.ema_decay is not None and not 0 < trainer.ema_decay < 1:
         raise ConfigError(f"trainer.ema_decay={trainer.ema_decay} must be in (0, 1), or null for no EMA")
+    if cfg.task not in ("train", "lr_range_test"):
+        raise ConfigError(f"task='{cfg.task}' is unknown: use train or lr_range_test")
+    if cfg.task == "lr_range_test":
+        check_settings(cfg.lr_range)
     try:
         Augmentation(cfg.augmentation)
     except ValueError as err:
@@ -182,6 +188,9 @@ def train(cfg: DictConfig):
         return None
     if not report.feasible:
         raise BudgetError(report.over_budget_message())
+    if cfg.task == "lr_range_test":
+        out_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else tempfile.mkdtemp()
+        return run_range_test(cfg, report, pick_device(cfg), make_loaders, out_dir)
 
     import mlflow
     check_reachable(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries, and before the data
