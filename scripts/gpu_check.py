@@ -12,7 +12,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import math
 import os
 import re
 import subprocess
@@ -80,6 +79,24 @@ def describe_data(root, log):
         raise SystemExit(f"error: {directory} lacks {', '.join(missing)}: carry all of {FOLDER}/ into "
                          f"{root} (or set CIFAR10_ROOT), then run again")
     return files
+
+
+def write_smoke_data(root, per_file=256, seed=0):
+    """Small CIFAR-10 batch files in the real format (class-coloured noise), so --smoke stays fast on a CPU."""
+    import pickle
+
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = rng.integers(30, 225, size=(10, 3))
+    for name in TRAIN_FILES + TEST_FILES:
+        labels = rng.integers(0, 10, per_file)
+        pixels = colours[labels][:, :, None] + rng.normal(0, 40, (per_file, 3, 1024))
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": pixels.clip(0, 255).astype(np.uint8).reshape(per_file, -1),
+                         "labels": labels.tolist()}, f)
+    return per_file
 
 
 def config(overrides):
@@ -207,14 +224,26 @@ def main():
     log(f"gpu_check {'(smoke) ' if args.smoke else ''}{result['started']} | GPU: {gpu} | torch {torch.__version__} "
         f"| budget {budget:.0f} s")
 
-    root = os.environ.get("CIFAR10_ROOT", ".gpudata")
-    result["data"] = {"root": str(dataset_dir(root).resolve()), "files": describe_data(root, log)}
-    splits = load_cifar10(root)
+    workdir = tempfile.mkdtemp(prefix="gpu_check_")
+    data_overrides = []
+    if args.smoke:
+        root = os.path.join(workdir, "smoke_data")
+        per_file = write_smoke_data(root)
+        data_overrides = [f"data.train_images={5 * per_file}", f"data.test_images={per_file}", "data.val_size=256"]
+        log(f"--smoke: synthetic CIFAR-10-format data ({5 * per_file:,} train / {per_file} test images of "
+            f"class-coloured noise), CIFAR10_ROOT is not read")
+    else:
+        root = os.environ.get("CIFAR10_ROOT", ".gpudata")
+    result["data"] = {"root": str(dataset_dir(root).resolve()), "synthetic": args.smoke,
+                      "files": describe_data(root, log)}
+    splits = load_cifar10(root, expected_train=len(TRAIN_FILES) * per_file if args.smoke else 50_000,
+                          expected_test=per_file if args.smoke else 10_000)
     train_x, train_y = splits["train"]
     log(f"  loaded {len(train_x):,} training and {len(splits['test'][0]):,} test images")
 
     # (a) throughput of model=final, the paper's model, on real images.
-    final = config(["model=final"])
+    model_name = "tiny" if args.smoke else "final"
+    final = config([f"model={model_name}"])
     report = param_report(final)
     batch = 32 if args.smoke else 512
     steps, warmup = (3, 1) if args.smoke else (30, 5)
@@ -231,9 +260,9 @@ def main():
     variants = [("fp32", "fp32", False, False), ("bf16+channels_last", "bf16", True, False)]
     if device.type == "cuda":
         variants.append(("bf16+channels_last+compile", "bf16", True, True))
-    log(f"\n(a) training throughput, model=final ({report.total:,} parameters), {final.optimizer.name}, batch {batch}, "
+    log(f"\n(a) training throughput, model={model_name} ({report.total:,} parameters), {final.optimizer.name}, batch {batch}, "
         f"{steps} timed steps after {warmup} warm-up steps (the compile time is in warm-up)")
-    result["throughput"] = {"model": "final", "params": report.total, "variants": {}}
+    result["throughput"] = {"model": model_name, "params": report.total, "variants": {}}
     for name, precision, channels_last, compiled in variants:
         if time.time() > deadline - budget * 0.5:
             log(f"  {name}: skipped, half the budget is spent")
@@ -246,27 +275,33 @@ def main():
         if name != "fp32":
             log(f"  {name} / fp32 = {rate / rates['fp32']:.2f}x")
 
-    # (b) recipe=fast through train.py, as many epochs as the rest of the budget holds.
-    use_compile = {"on": True, "off": False}.get(args.compile, rates.get("bf16+channels_last+compile", 0)
-                                                 > 1.1 * rates.get("bf16+channels_last", math.inf))
-    fast_overrides = ["recipe=fast"] + (["model=tiny", "data.subset=1024", "trainer.batch_size=128",
-                                         "data.val_size=512"] if args.smoke else [])
+    # (b) recipe=fast through train.py, as many epochs as the rest of the budget holds. The probe runs
+    # eager (a second compile here would cost as much as it measures); compiling pays off in (b) only
+    # when the speed-up (a) measured on model=final buys more epochs than its compile time costs.
+    fast_overrides = ["recipe=fast"] + (["model=tiny", "trainer.batch_size=128", "trainer.ema_decay=0.9"]
+                                        + data_overrides if args.smoke else [])
     fast = config(fast_overrides)
     fast_report = param_report(fast)
-    probe = throughput(fast, *real_batch(int(fast.trainer.batch_size)), device, "bf16", device.type == "cuda",
-                       use_compile, steps, warmup)
+    probe_precision = "bf16" if device.type == "cuda" else "fp32"  # what train.py will run with below
+    probe = throughput(fast, *real_batch(int(fast.trainer.batch_size)), device, probe_precision,
+                       device.type == "cuda", False, steps, warmup)
     train_images = (int(fast.data.subset) if fast.data.subset else len(train_x) - int(fast.data.val_size))
-    # An epoch = training + validation (no backward: ~1/3 the cost); the test pass runs 4 TTA views.
+    # An epoch = training + validation (no backward: ~1/3 the cost), with 25% slack for augmentation and
+    # the EMA; fixed costs: start-up and MLflow (~30 s) and the test pass over 4 TTA views.
     epoch_s = 1.25 * (train_images + int(fast.data.val_size) / 3) / probe["images_per_s"]
-    fixed_s = 30 + (0.5 * probe["warmup_s"] if use_compile else 0) + 4 * 10_000 / 3 / probe["images_per_s"]
+    fixed_s = 30 + 4 * len(splits["test"][0]) / 3 / probe["images_per_s"]
+    compiled = result["throughput"]["variants"].get("bf16+channels_last+compile")
+    speedup = compiled["images_per_s"] / rates["bf16+channels_last"] if compiled else 1.0
+    compile_s = compiled["warmup_s"] if compiled else 0.0
     left = deadline - time.time()
-    epochs = max(1, min(args.max_epochs, int((left - fixed_s) / epoch_s)))
-    if args.smoke:
-        epochs = min(epochs, 2)
+    epochs_eager = max(1, min(args.max_epochs, int((left - fixed_s) / epoch_s)))
+    epochs_compiled = max(1, min(args.max_epochs, int((left - fixed_s - compile_s) / (epoch_s / speedup))))
+    use_compile = {"on": True, "off": False}.get(args.compile, compiled is not None and epochs_compiled > epochs_eager)
+    epochs = 2 if args.smoke else (epochs_compiled if use_compile else epochs_eager)
     log(f"\n(b) recipe=fast: {fast.model.name} with stem {fast.stem.name}, {fast_report.total:,} parameters | "
-        f"probe {probe['images_per_s']:,.0f} img/s (bf16{', compiled' if use_compile else ''}) -> ~{epoch_s:.1f} s "
-        f"per epoch, {left:.0f} s left: {epochs} epochs")
-    workdir = tempfile.mkdtemp(prefix="gpu_check_")
+        f"probe {probe['images_per_s']:,.0f} img/s ({probe_precision}, eager) -> ~{epoch_s:.1f} s per epoch; "
+        f"compile: x{speedup:.2f} for ~{compile_s:.0f} s -> {'on' if use_compile else 'off'} | {left:.0f} s left: "
+        f"{epochs} epochs")
     try:
         import mlflow  # noqa: F401
         use_shim = False
@@ -280,7 +315,7 @@ def main():
                                   "mlflow.log_model=false", "trainer.log_every=0", f"hydra.run.dir={workdir}/run"]
     if device.type != "cuda":
         overrides.append("trainer.precision=fp32")  # CPU bf16 autocast is slow without AMX; the smoke checks the path
-    rc, lines, wall = run_training(overrides, deadline - time.time() + 20, log, workdir, use_shim)
+    rc, lines, wall = run_training(overrides, deadline - time.time() + 30, log, workdir, use_shim)
     epochs_seen, test = parse_epochs(lines)
     result["recipe_fast"] = {"overrides": overrides, "planned_epochs": epochs, "returncode": rc, "wall_s": wall,
                              "params": fast_report.total, "compile": use_compile, "probe": probe,
@@ -289,7 +324,7 @@ def main():
         result["recipe_fast"]["mlflow"] = read_mlflow_metrics(db)
     log(f"\nsummary: {gpu}")
     for name, rate in rates.items():
-        log(f"  throughput model=final {name}: {rate:,.0f} img/s")
+        log(f"  throughput model={model_name} {name}: {rate:,.0f} img/s")
     for row in epochs_seen:
         val = f"{100 * row['val_acc']:.2f}%" if row["val_acc"] is not None else "n/a"
         log(f"  recipe=fast epoch {row['epoch']:>2}: val acc {val}, train acc {100 * row['train_acc']:.2f}%, "
