@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test bench clean
+.PHONY: setup train test bench gpu-check-smoke clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,8 +18,11 @@ train: setup
 test: setup
 	$(PY) -m pytest
 
+gpu-check-smoke: setup
+	PYTHON=$(PY) scripts/gpu_check.sh --smoke
+
 clean:
-	rm -rf outputs multirun mlruns mlflow.db .pytest_cache
+	rm -rf outputs multirun mlruns mlflow.db .pytest_cache gpu_check_out
 
 # Benchmarks (README "Performance"): prints a table, writes bench_results/latest.json. ARGS=--gpu on a GPU.
 bench: setup

@@ -100,7 +100,7 @@ def write_smoke_data(root, per_file=256, seed=0):
 
 
 def config(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(ROOT / "conf")):
         return compose("config", overrides=overrides)
 
 

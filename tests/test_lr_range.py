@@ -1,41 +1,23 @@
 """LR range test: the scan, the suggestion rule, the files it writes, and cyclic bounds read back from them."""
 import csv
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_cfg, small_data_overrides
 
 import train as train_module
 from training.lr_range import check_settings, load_suggestion, scan, suggest
 from training.optim import OptimConfigError, build_optimizer, build_scheduler
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
 SETTINGS = dict(min_lr=1e-5, max_lr=10.0, steps=200, smoothing=0.9, divergence=4.0, rule="steepest",
                 min_lr_divisor=4.0)
 
 
-def write_cifar(root, per_file=32, seed=0):
-    """CIFAR-10 batch files in the real format; each class has its own mean colour, so it is learnable."""
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    colours = rng.integers(30, 225, size=(10, 3))
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = rng.integers(0, 10, per_file)
-        images = colours[labels][:, :, None] + rng.normal(0, 25, (per_file, 3, 1024))
-        data = images.clip(0, 255).astype(np.uint8).reshape(per_file, 3072)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": labels.tolist()}, f)
-    return per_file
-
-
 def config(*overrides):
-    with initialize_config_dir(config_dir=CONF, version_base=None):
-        return compose("config", overrides=list(overrides))
+    return compose_cfg(overrides)
 
 
 def test_suggestion_reads_the_steepest_descent_of_a_known_curve():
@@ -72,14 +54,11 @@ def test_bad_settings_fail_with_one_line():
         check_settings(config("lr_range.rule=fastest").lr_range)
 
 
-def test_range_test_end_to_end_then_cyclic_bounds(tmp_path, monkeypatch, capsys):
-    per_file = write_cifar(tmp_path / "data")
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    cfg = config("model=tiny", "task=lr_range_test", f"data.root={tmp_path / 'data'}",
-                 f"data.train_images={5 * per_file}", f"data.test_images={per_file}", "data.val_size=16",
+def test_range_test_end_to_end_then_cyclic_bounds(cifar_root, mlflow_store, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_store}/mlflow.db")
+    cfg = config("model=tiny", "task=lr_range_test", *small_data_overrides(cifar_root, mlflow_store),
                  "trainer.batch_size=16", "lr_range.steps=40", "lr_range.min_lr=1e-4", "lr_range.max_lr=10",
-                 "lr_range.smoothing=0.8", f"mlflow.tracking_uri={store}")
+                 "lr_range.smoothing=0.8")
     result = train_module.train(cfg)
     printed = capsys.readouterr().out
     assert "suggested cyclic LR" in printed and "scheduler.bounds_from=" in printed

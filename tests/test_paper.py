@@ -1,21 +1,18 @@
 """Table 1 presets and the recipes: they build, run forward, count what the paper says, and compose."""
 import functools
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_cfg
 
 from models import build_model, param_report
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
 ROWS = range(1, 9)
 
 
 @functools.cache
 def config(*overrides):
-    with initialize_config_dir(config_dir=CONF, version_base=None):
-        return compose("config", overrides=list(overrides))
+    return compose_cfg(overrides)
 
 
 @pytest.mark.parametrize("row", ROWS)
