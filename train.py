@@ -125,7 +125,8 @@ def evaluate(model, loader, autocast, tta="none"):
     correct = torch.zeros((), device=loader.images.device, dtype=torch.long)
     for x, y in loader:
         with autocast:
-            logits = sum(model(view).float().softmax(1) for view in tta_views(x, tta)).log()
+            views = tta_views(x, tta)
+            logits = (sum(model(view).float().softmax(1) for view in views) / len(views)).log()
         loss_sum += F.nll_loss(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     n = len(loader.images)

@@ -100,7 +100,8 @@ def cutout(x, size, generator=None):
     cx = torch.randint(0, w, (n, 1, 1), device=x.device, generator=generator)
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)
+    dy, dx = ys - cy + size // 2, xs - cx + size // 2  # in [0, size) inside the square
+    inside = (dy >= 0) & (dy < size) & (dx >= 0) & (dx < size)
     return x.masked_fill(inside.unsqueeze(1), 0)
 
 
