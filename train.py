@@ -343,5 +343,6 @@ if __name__ == "__main__":
     # Run this file's importable copy rather than __main__, so that parallel launchers (joblib)
     # pickle the task function by reference instead of by value.
     import train
-    train.register_sweeper()
+    if {"-m", "--multirun"} & set(sys.argv):  # single runs need neither the sweeper nor optuna
+        train.register_sweeper()
     train.main()
