@@ -77,14 +77,20 @@ def layer_specs(model_cfg, blocks_cfg) -> list[LayerSpec]:
     return specs
 
 
-def build_model(cfg, device=None) -> ResNet:
-    """Build the model the config describes; device='meta' allocates no weights."""
-    k2_design = str(cfg.blocks.k2_design)
+def block_choices(blocks_cfg):
+    """(k2_design, bottleneck_reduction) from the blocks group, checked."""
+    k2_design = str(blocks_cfg.k2_design)
     if k2_design not in K2_DESIGNS:
         raise ModelConfigError(f"blocks.k2_design='{k2_design}' is unknown: use one of {', '.join(K2_DESIGNS)}")
-    reduction = _int(cfg.blocks.bottleneck_reduction, "blocks.bottleneck_reduction")
+    reduction = _int(blocks_cfg.bottleneck_reduction, "blocks.bottleneck_reduction")
     if reduction <= 0:
         raise ModelConfigError(f"blocks.bottleneck_reduction={reduction} must be a positive integer")
+    return k2_design, reduction
+
+
+def build_model(cfg, device=None) -> ResNet:
+    """Build the model the config describes; device='meta' allocates no weights."""
+    k2_design, reduction = block_choices(cfg.blocks)
     stem, layers = stem_spec(cfg.stem), layer_specs(cfg.model, cfg.blocks)
     with torch.device(device or "cpu"):
         return ResNet(stem, layers, num_classes=_int(cfg.model.num_classes, "model.num_classes"),
@@ -232,12 +238,7 @@ def param_report(cfg) -> ParamReport:
 
     The same validation as build_model runs first, so a bad config fails with the same message.
     """
-    k2_design = str(cfg.blocks.k2_design)
-    if k2_design not in K2_DESIGNS:
-        raise ModelConfigError(f"blocks.k2_design='{k2_design}' is unknown: use one of {', '.join(K2_DESIGNS)}")
-    reduction = _int(cfg.blocks.bottleneck_reduction, "blocks.bottleneck_reduction")
-    if reduction <= 0:
-        raise ModelConfigError(f"blocks.bottleneck_reduction={reduction} must be a positive integer")
+    k2_design, reduction = block_choices(cfg.blocks)
     report = planned_report(stem_spec(cfg.stem), layer_specs(cfg.model, cfg.blocks),
                             _int(cfg.model.num_classes, "model.num_classes"), reduction, k2_design,
                             cfg.budget.max_params)
