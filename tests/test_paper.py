@@ -83,9 +83,9 @@ def test_recipe_fast_stays_under_budget_and_has_the_ingredients():
 
 
 def test_command_line_wins_over_the_recipe():
-    cfg = config("recipe=fast", "trainer.epochs=2", "optimizer.lr=0.05", "stem=conv5x5")
-    assert cfg.trainer.epochs == 2 and cfg.optimizer.lr == 0.05 and cfg.stem.name == "conv5x5"
-    assert cfg.trainer.batch_size == 512  # the rest of the recipe stays
+    cfg = config("recipe=fast", "trainer.epochs=2", "optimizer.lr=0.02", "stem=conv5x5")
+    assert cfg.trainer.epochs == 2 and cfg.optimizer.lr == 0.02 and cfg.stem.name == "conv5x5"
+    assert cfg.trainer.label_smoothing == 0.1 and cfg.augmentation.cutout == 8  # the rest of the recipe stays
 
 
 def test_recipe_keeps_a_rows_own_architecture():
