@@ -155,7 +155,7 @@ class ConstrainedSweeperImpl(OptunaSweeperImpl):
         for name in fixed_params:
             space.pop(name, None)
         if not space:
-            raise SweepError("the search space is empty: give hydra.sweeper.params or hparams_search=..., "
+            raise SweepError("the search space is empty: give hydra/sweeper/search=NAME or hydra.sweeper.params, "
                              "or sweep overrides such as model.dropout='interval(0,0.3)'")
         if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
             grid = {name: self._to_grid_sampler_choices(dist) for name, dist in space.items()}
@@ -173,11 +173,15 @@ class ConstrainedSweeperImpl(OptunaSweeperImpl):
         already = self.trained(study)
         if already:
             log.info(f"resuming: {already} of {self.n_trials} trials already trained")
-        self.infeasible, failures, started = 0, 0, time.perf_counter()
+        self.infeasible, started = 0, time.perf_counter()
         identity = [f"sweep.study_name='{study.study_name}'", f"sweep.storage='{self.storage_url}'",
                     f"sweep.parent_run_id={parent}"]
         while batch := self.slots(study):
-            proposals = [self.propose(study, space, fixed_params, fixed_overrides) for _ in range(batch)]
+            try:
+                proposals = [self.propose(study, space, fixed_params, fixed_overrides) for _ in range(batch)]
+            except SweepError:
+                sweep_report.finish_parent(self.config, parent, status="FAILED")
+                raise
             proposals = self.withdraw_surplus(study, proposals)
             if not proposals:
                 continue
@@ -191,7 +195,6 @@ class ConstrainedSweeperImpl(OptunaSweeperImpl):
             self.job_idx += len(returns)
             errors = [err for (trial, _, n), ret in zip(proposals, returns)
                       if (err := self.record(study, trial, ret, n)) is not None]
-            failures += len(errors)
             done = self.trained(study)
             log.info(f"[{done}/{self.n_trials} trained | {self.infeasible} over-budget proposals skipped | "
                      f"{time.perf_counter() - started:.0f}s]")

@@ -79,7 +79,9 @@ def test_space_all_over_budget_stops_with_a_clear_message(tmp_path, train_env):
     assert "5 proposals in a row were over budget" in result.stderr
     study = load(tmp_path)
     assert len(study.trials) == 5 and not launched(study)
-    assert not [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId")]
+    runs = mlflow_runs(tmp_path)
+    assert not [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert [r.info.status for r in runs if r.data.tags.get("sweep") == "parent"] == ["FAILED"]
 
 
 def test_pruned_trials_are_recorded_with_their_epoch(tmp_path, train_env):
