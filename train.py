@@ -298,14 +298,20 @@ def save_artifacts(cfg, model, history, report, out_dir):
     import mlflow
 
     from training.plots import training_curves
+
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, "resolved_config.yaml")
     OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), config_path)
     table_path = os.path.join(out_dir, "param_table.txt")
     with open(table_path, "w") as f:
         f.write(report.table() + "\n" + report.summary_line() + "\n")
-    curves = training_curves(history, os.path.join(out_dir, "training_curves.png"), title=str(cfg.model.name))
-    for path in (config_path, table_path, curves):
+    paths = [config_path, table_path]
+    in_sweep = bool(cfg.get("sweep")) and cfg.sweep.get("trial_id") is not None
+    # Sweep trials skip the PNG by default: drawing it is a third of a tiny trial's overhead, and the
+    # MLflow UI charts the same per-epoch metrics (the sweep's parent run gets the sweep's own plots).
+    if cfg.mlflow.log_curves is True or (cfg.mlflow.log_curves == "auto" and not in_sweep):
+        paths.append(training_curves(history, os.path.join(out_dir, "training_curves.png"), title=str(cfg.model.name)))
+    for path in paths:
         mlflow.log_artifact(path)
     if cfg.mlflow.log_model:
         weights = os.path.join(out_dir, "model_state_dict.pt")

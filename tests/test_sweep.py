@@ -60,6 +60,8 @@ def test_sweep_gates_budget_logs_parent_and_children_and_resumes(tmp_path, train
     assert {r.data.tags["trial_state"] for r in children} == {"COMPLETE"}
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == sorted(t.number for t in trained)
     assert "best_value" in parents[0].data.metrics and parents[0].info.status == "FINISHED"
+    child_artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(children[0].info.run_id)}
+    assert "resolved_config.yaml" in child_artifacts and "training_curves.png" not in child_artifacts  # log_curves=auto
 
     # Resume: the same command with a larger n_trials keeps the 3 and trains only 2 more
     second = run_sweep(tmp_path, train_env, "hydra.sweeper.n_trials=5", *space)
