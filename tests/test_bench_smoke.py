@@ -9,7 +9,7 @@ import torch
 
 from models import build_model, param_report
 from models.build import module_report
-from tests.conftest import REPO, compose_cfg
+from tests.conftest import compose_cfg
 
 
 def test_bench_quick_runs_and_writes_json(tmp_path, cifar_root, capsys):

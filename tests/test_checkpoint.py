@@ -7,17 +7,12 @@ import time
 import mlflow
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from tests.faultkit import CONF_DIR, REPO, fresh_sqlite_store, tiny_overrides, train_env, write_cifar
+from tests.conftest import compose_cfg
+from tests.faultkit import REPO, fresh_sqlite_store, tiny_overrides, train_env, write_cifar
 from training import checkpoint
 
 EPOCHS = 8
-
-
-def compose_cfg(overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return compose("config", overrides=list(overrides))
 
 
 def metric_steps(client, run_id, key):

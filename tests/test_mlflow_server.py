@@ -6,7 +6,6 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 import torch

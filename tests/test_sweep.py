@@ -4,7 +4,6 @@ import sys
 
 import mlflow
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import REPO

@@ -1,5 +1,4 @@
 """MLflow: one place that opens the store, starts runs and logs what a run produced."""
-import os
 import socket
 import urllib.parse
 
@@ -84,12 +83,3 @@ def run_name(cfg):
 def _chunks(items, size):
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def log_text_artifact(text, filename, artifact_dir=None, out_dir="."):
-    import mlflow
-    path = os.path.join(out_dir, filename)
-    with open(path, "w") as f:
-        f.write(text)
-    mlflow.log_artifact(path, artifact_dir)
-    return path
