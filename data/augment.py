@@ -26,25 +26,29 @@ def warp(x, theta=None, shift=None, flip=None):
     """
     n, c, h, w = x.shape
     device = x.device
-    # Coordinates stay separable, rows [n, h, 1] and cols [n, 1, w], until the affine map mixes them.
-    rows = torch.arange(h, device=device).view(1, h, 1).expand(n, h, 1)
-    cols = torch.arange(w, device=device).view(1, 1, w).expand(n, 1, w)
+    # Coordinates stay separable, rows [n, h, 1] and cols [n, 1, w], until the affine map mixes
+    # them: full-size [n, h, w] work is kept to a few passes (this is the hot loop).
+    rows = torch.arange(h, device=device, dtype=torch.float32).view(1, h, 1).expand(n, h, 1)
+    cols = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, w).expand(n, 1, w)
     if flip is not None:
         cols = torch.where(flip.view(n, 1, 1), w - 1 - cols, cols)
     if shift is not None:
         rows, cols = rows + shift[:, 0].view(n, 1, 1), cols + shift[:, 1].view(n, 1, 1)
-    cropped = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w) if shift is not None else None
     if theta is not None:
         t = theta.float().view(n, 2, 3, 1, 1)
         u, v = cols - (w - 1) / 2, rows - (h - 1) / 2
-        cols = t[:, 0, 0] * u + t[:, 0, 2] + t[:, 0, 1] * v + (w - 1) / 2
-        rows = t[:, 1, 0] * u + t[:, 1, 2] + t[:, 1, 1] * v + (h - 1) / 2
-        cols, rows = cols.round_(), rows.round_()
+        # The crop's zero border, which the rotation would move: an output pixel cropped away gets a
+        # source column far outside, which clamps onto the zero border below. Adding 0 elsewhere
+        # leaves every float bit-equal to torchvision's order of operations.
+        col_term, row_term = t[:, 0, 0] * u + t[:, 0, 2], t[:, 0, 1] * v
+        if shift is not None:
+            col_term = col_term + ((cols < 0) | (cols >= w)) * 1e6
+            row_term = row_term + ((rows < 0) | (rows >= h)) * 1e6
+        cols = (col_term + row_term).add_((w - 1) / 2).round_()
+        rows = (t[:, 1, 0] * u + t[:, 1, 2] + t[:, 1, 1] * v).add_((h - 1) / 2).round_()
     # Read from a copy with a one-pixel zero border; every outside coordinate clamps onto it.
     padded = F.pad(x, (1, 1, 1, 1)).view(n, c, (h + 2) * (w + 2))
-    index = ((rows.clamp(-1, h) + 1) * (w + 2) + cols.clamp(-1, w) + 1).long()
-    if cropped is not None and theta is not None:
-        index = torch.where(cropped, index, 0)  # pixel 0 is a border pixel: zero
+    index = torch.add(cols.clamp(-1, w), rows.clamp(-1, h), alpha=w + 2).add_(w + 3).long()
     index = index.expand(n, h, w).reshape(n, 1, h * w)
     return padded.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
@@ -227,30 +231,44 @@ class BatchedAutoAugment:
             for name in ("op", "magnitude", "theta", "probability", "geometric"):
                 setattr(self, name, getattr(self, name).to(device))
 
+    def draw(self, n, device, generator=None):
+        """Each image's random draws: sub-policy [n], and per step: op index or -1 [n, 2], table sign [n, 2]."""
+        choice = torch.randint(0, len(self.policies), (n,), device=device, generator=generator)
+        coins = torch.rand(n, 2, device=device, generator=generator)
+        signs = torch.randint(0, 2, (n, 2), device=device, generator=generator)
+        steps = torch.arange(2, device=device)
+        applied = coins <= self.probability[choice]
+        op = torch.where(applied, self.op[choice.view(n, 1), steps, signs], -1)
+        return choice, op, signs
+
     def __call__(self, x, generator=None):
         self._tables(x.device)
         n = x.shape[0]
-        choice = torch.randint(0, len(self.policies), (n,), device=x.device, generator=generator)
-        coins = torch.rand(n, 2, device=x.device, generator=generator)
-        signs = torch.randint(0, 2, (n, 2), device=x.device, generator=generator)
+        choice, ops, signs = self.draw(n, x.device, generator)
+        # Per step, sort the batch by op so that each op works on one contiguous slice (no masked
+        # gathers and scatters per op), and undo the sorting at the end. All geometric ops of a
+        # step share one warp, so they sort together, first; images left alone sort last.
+        position = torch.arange(n, device=x.device)  # out[i] is input image position[i]
         out = x
         for step in range(2):
-            sign = signs[:, step]
-            op = torch.where(coins[:, step] <= self.probability[choice, step], self.op[choice, step, sign], -1)
-            geometric = (op >= 0) & self.geometric[op.clamp(min=0)]
-            members = geometric.nonzero().flatten()
-            if members.numel():
-                out = out.clone() if out is x else out
-                out[members] = warp(out[members], theta=self.theta[choice[members], step, sign[members]])
-            magnitude = self.magnitude[choice, step, sign]
-            for index, name in enumerate(self.op_names):
-                if name in GEOMETRIC_OPS:
+            op = ops[position, step]
+            key = torch.where(op < 0, len(self.op_names), torch.where(self.geometric[op.clamp(min=0)], -1, op))
+            key, order = key.sort(stable=True)
+            # index_select, not out[order]: advanced indexing was 20x slower on the CPU
+            out, position = out.index_select(0, order), position[order]
+            sign = signs[position, step]
+            # bounds[k + 1]: where key k starts (k = -1 geometric, 0.. photometric op index)
+            bounds = torch.searchsorted(key, torch.arange(-1, len(self.op_names) + 2, device=x.device)).tolist()
+            for index in range(-1, len(self.op_names)):
+                part = slice(bounds[index + 1], bounds[index + 2])
+                if part.start == part.stop:
                     continue
-                members = (op == index).nonzero().flatten()
-                if members.numel():
-                    out = out.clone() if out is x else out
-                    out[members] = PHOTOMETRIC_OPS[name](out[members], magnitude[members])
-        return out
+                if index < 0:
+                    out[part] = warp(out[part], theta=self.theta[choice[position[part]], step, sign[part]])
+                else:
+                    magnitude = self.magnitude[choice[position[part]], step, sign[part]]
+                    out[part] = PHOTOMETRIC_OPS[self.op_names[index]](out[part], magnitude)
+        return out.index_select(0, position.argsort())
 
 
 class Augmentation:

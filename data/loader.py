@@ -25,15 +25,19 @@ def one_cpu_thread(device):
 class DeviceLoader:
     """Yields normalised float batches; shuffling and augmentation happen batched on the device.
 
+    Batches are prepared a chunk of about `chunk_images` at a time (a whole number of batches):
+    on the CPU a chunk of ~1,000 CIFAR images still fits in cache and amortises each augmentation
+    op's fixed cost over more images (AutoAugment ran 2x faster than batch by batch of 256).
     Iterating twice gives two epochs with fresh shuffles and augmentations.
     """
 
     def __init__(self, images, labels, batch_size, mean, std, augment=None, shuffle=False,
-                 drop_last=False, seed=0, channels_last=False):
+                 drop_last=False, seed=0, channels_last=False, chunk_images=1024):
         if batch_size <= 0:
             raise ValueError(f"batch size must be a positive integer, got {batch_size}")
         self.images, self.labels = images, labels
         self.batch_size, self.augment, self.shuffle = batch_size, augment, shuffle
+        self.batches_per_chunk = max(1, chunk_images // batch_size)
         # Dropping a short last batch keeps BatchNorm away from 1-image batches, but never empties an epoch.
         self.drop_last = drop_last and len(images) >= batch_size
         # (x - mean) / std as one multiply-add on the uint8 values: x * scale + offset.
@@ -51,14 +55,17 @@ class DeviceLoader:
         return x.contiguous(memory_format=self.memory_format)
 
     def __iter__(self):
-        n = len(self.images)
+        n, steps, size = len(self.images), len(self), self.batch_size
         order = (torch.randperm(n, device=self.images.device, generator=self.generator) if self.shuffle
                  else torch.arange(n, device=self.images.device))
-        for step in range(len(self)):
+        for first in range(0, steps, self.batches_per_chunk):
+            last = min(first + self.batches_per_chunk, steps)
             with one_cpu_thread(self.images.device):
-                index = order[step * self.batch_size:(step + 1) * self.batch_size]
-                x = self.images[index]
+                index = order[first * size:last * size]
+                # index_select, not images[index]: advanced indexing was 20x slower on the CPU
+                x = self.images.index_select(0, index)
                 if self.augment is not None:
                     x = self.augment(x, self.generator)
-                batch = self.normalize(x), self.labels[index]
-            yield batch
+                x, y = self.normalize(x), self.labels.index_select(0, index)
+            for start in range(0, len(index), size):
+                yield x[start:start + size], y[start:start + size]

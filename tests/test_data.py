@@ -88,14 +88,19 @@ def test_download_path_fetches_and_checks_md5(tmp_path, monkeypatch, local_http)
         load_cifar10(tmp_path / "dest2", download_missing=True, expected_train=500, expected_test=200)
 
 
-def test_loader_normalises_and_covers_every_image():
+@pytest.mark.parametrize("chunk_images", [1, 8, 1024])  # batches prepared 1, 2 and all at a time
+def test_loader_normalises_and_covers_every_image(chunk_images):
     x = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(10)
     mean, std = channel_stats(x)
-    loader = DeviceLoader(x, y, batch_size=4, mean=mean, std=std, shuffle=True)
+    loader = DeviceLoader(x, y, batch_size=4, mean=mean, std=std, shuffle=True, chunk_images=chunk_images)
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [4, 4, 2]
     assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(10))
+    for images, labels in batches:  # each image still travels with its own label
+        assert torch.allclose(images, loader.normalize(x[labels]))
+    dropped = list(DeviceLoader(x, y, 4, mean, std, shuffle=True, drop_last=True, chunk_images=chunk_images))
+    assert [len(b[1]) for b in dropped] == [4, 4] and len(set(torch.cat([b[1] for b in dropped]).tolist())) == 8
     whole = torch.cat([b[0] for b in batches])
     assert whole.dtype == torch.float32 and abs(whole.mean().item()) < 0.1
     assert len(DeviceLoader(x, y, 4, mean, std, drop_last=True)) == 2
