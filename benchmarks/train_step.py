@@ -1,5 +1,7 @@
 """Train step images/s: the project's loop (train.train_one_epoch: scheduler, metrics on the device,
-progress lines) against a minimal hand-written PyTorch loop, same model, batch and data.
+progress lines) against a minimal hand-written PyTorch loop, same model, batch and data. The
+project loop runs twice: as train.py does (fused optimizer kernels) and with the per-tensor
+optimizer loop a plain loop gets by default, which isolates the loop's own overhead.
 
 On a GPU, also the project loop with each speed switch (bf16 autocast, channels_last, fused
 optimizer, torch.compile) against its fp32 baseline, all in the same run.
@@ -39,9 +41,7 @@ class ProjectLoop:
 
     def __init__(self, cfg, model, loader, device, precision="fp32", fused=None, compile=False):
         self.model, self.loader, self.device = model, loader, device
-        # build_optimizer picks fused kernels for cuda; naming the device type "cpu" turns them off.
-        fused = device.type == "cuda" if fused is None else fused
-        self.optimizer = build_optimizer(cfg, model, "cuda" if fused else "cpu")
+        self.optimizer = build_optimizer(cfg, model, device.type, fused=fused)  # None: as train.py
         self.scheduler = build_scheduler(cfg, self.optimizer, len(loader), epochs=10_000)
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
@@ -83,21 +83,22 @@ class PlainLoop:
 
 
 def bench_loop(cfg, images, labels, device, batch_size, steps, rounds):
-    """Project loop vs plain loop, fp32, interleaved rounds; one row."""
+    """Project loop (as train.py runs it, and with the per-tensor optimizer a plain loop gets by
+    default) vs plain loop, fp32, interleaved rounds; one row."""
     device = torch.device(device)
     model = build_model(cfg, device=device)
-    plain_model = copy.deepcopy(model)
-    project = ProjectLoop(cfg, model, make_loader(images, labels, device, batch_size, steps), device,
-                          fused=device.type == "cuda")
-    plain = PlainLoop(plain_model, make_loader(images, labels, device, batch_size, steps), device)
-    if device.type == "cuda":  # the plain loop gets the same optimizer kernels
-        plain.optimizer = torch.optim.AdamW(plain_model.parameters(), lr=1e-3, fused=True)
-    project(), plain()  # warm-up
-    result = interleaved({"project": project, "plain": plain}, rounds)
+    loops = {"project": ProjectLoop(cfg, model, make_loader(images, labels, device, batch_size, steps), device),
+             "project_unfused": ProjectLoop(cfg, copy.deepcopy(model), make_loader(images, labels, device, batch_size,
+                                                                                   steps), device, fused=False),
+             "plain": PlainLoop(copy.deepcopy(model), make_loader(images, labels, device, batch_size, steps), device)}
+    for loop in loops.values():
+        loop()  # warm-up
+    result = interleaved(loops, rounds)
     return {"model": str(cfg.model.name), "device": str(device), "batch_size": batch_size, "steps": steps,
-            "project_images_per_sec": round(result["project"]["images_per_sec"], 1),
-            "plain_images_per_sec": round(result["plain"]["images_per_sec"], 1),
-            "ratio": round(ratio_of_medians(result, "project", "plain"), 3), "rounds": result}
+            "rounds_timed": rounds, **{f"{name}_images_per_sec": round(result[name]["images_per_sec"], 1)
+                                       for name in loops},
+            "ratio": round(ratio_of_medians(result, "project", "plain"), 3),
+            "ratio_unfused": round(ratio_of_medians(result, "project_unfused", "plain"), 3), "rounds": result}
 
 
 def bench_gpu_switches(cfg, images, labels, batch_size, steps, rounds, variants=GPU_VARIANTS):

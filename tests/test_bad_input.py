@@ -43,6 +43,8 @@ CASES = [  # (id, overrides, dataset, message that must appear)
      "Kernel-2 blocks need even feature maps at each stride-2 block: use stem=conv3x3"),
     ("batch size 0", ["trainer.batch_size=0"], "good", "trainer.batch_size=0 must be a positive integer"),
     ("negative batch size", ["trainer.batch_size=-32"], "good", "trainer.batch_size=-32 must be a positive integer"),
+    ("fused optimizer setting", ["trainer.fused_optimizer=maybe"], "good",
+     "trainer.fused_optimizer='maybe' is unknown: use auto, true or false"),
     ("missing dataset", [], "missing", "CIFAR-10 not found"),
     ("corrupted dataset", [], "corrupt", "as a CIFAR-10 batch"),
     ("dataset of the wrong size", ["data.train_images=50000"], "good", "expected 50,000 images"),

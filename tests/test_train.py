@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import mlflow
+import torch
 import pytest
 
 import train
@@ -64,3 +65,15 @@ def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store):
 def test_bad_trainer_settings_fail_before_anything(override, message):
     with pytest.raises(train.USER_ERRORS, match=message):
         train.check_config(compose_cfg(["model=tiny", override]))
+
+
+@pytest.mark.parametrize("setting, device_type, fused", [("auto", "cpu", True), ("auto", "cuda", True),
+                                                         ("auto", "mps", False), (False, "cpu", False)])
+def test_fused_optimizer_kernels_follow_the_setting(setting, device_type, fused):
+    from training.optim import build_optimizer, fused_kernels
+    for name in ("adamw", "sgd"):
+        cfg = compose_cfg([f"optimizer={name}", f"trainer.fused_optimizer={str(setting).lower()}"])
+        assert fused_kernels(cfg, device_type) is fused
+        if device_type == "cpu":  # the CPU kernels exist: the optimizer really is built fused
+            optimizer = build_optimizer(cfg, torch.nn.Linear(3, 2), device_type)
+            assert bool(optimizer.defaults["fused"]) is fused
