@@ -25,13 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("budget", "data", "train", "overhead")
 
 FULL = dict(data=dict(batch_size=256, conventional_images=2048, ours_images=16384, rounds=3),
-            train={"tiny": dict(batch_size=64, steps=3), "final": dict(batch_size=16, steps=2)}, train_rounds=5,
+            train={"tiny": dict(batch_size=64, steps=16), "final": dict(batch_size=32, steps=4)}, train_rounds=9,
             gpu=dict(batch_size=256, steps=20, rounds=5),
-            overhead=dict(trials=5, train_per_file=10_000, test=1_000), budget_repeats=20, budget_control=True)
+            overhead=dict(trials=8, train_per_file=10_000, test=1_000), budget_repeats=20, budget_control=True)
 QUICK = dict(data=dict(batch_size=32, conventional_images=64, ours_images=256, rounds=1, workers=0),
              train={"tiny": dict(batch_size=8, steps=2)}, train_rounds=1,
              gpu=dict(batch_size=8, steps=2, rounds=1),
-             overhead=dict(trials=2, train_per_file=100, test=100, subset=64, val_size=64, baseline=False), budget_repeats=2,
+             overhead=dict(trials=2, train_per_file=100, test=100, subset=64, val_size=64), budget_repeats=2,
              budget_control=False)
 
 
@@ -91,7 +91,8 @@ def main(argv=None):
                 for name, sizes in settings["train"].items()]
         results["train_step"] = rows
         out.append(table(f"train step ({device}, fp32): images/s, project loop vs plain loop", rows,
-                         ["model", "batch_size", "steps", "project_images_per_sec", "plain_images_per_sec", "ratio"]))
+                         ["model", "batch_size", "steps", "rounds_timed", "project_images_per_sec",
+                          "project_unfused_images_per_sec", "plain_images_per_sec", "ratio", "ratio_unfused"]))
         print(out[-1], flush=True)
         if args.gpu:
             gpu = settings["gpu"]
@@ -106,7 +107,8 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as workdir:
             row = trial_overhead.bench(workdir, **settings["overhead"])
         results["trial_overhead"] = row
-        out.append(table("per-trial overhead of `train.py -m` (tiny trials, basic sweeper)", [row], list(row)))
+        out.append(table("per-trial overhead of `train.py -m hydra/sweeper=optuna` (tiny trials, seconds)", [row],
+                         [key for key in row if key != "overheads_s"]))
         print(out[-1], flush=True)
 
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

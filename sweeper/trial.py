@@ -30,8 +30,22 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite; the trial is recorded as FAIL and the sweep goes on."""
 
 
+_storages = {}
+
+
 def open_storage(url, heartbeat_interval=10, grace_period=60):
-    """An RDB storage (sqlite, PostgreSQL, ...) with heartbeats; sqlite waits for locks instead of failing."""
+    """An RDB storage (sqlite, PostgreSQL, ...) with heartbeats; sqlite waits for locks instead of failing.
+
+    One per process and URL: trials that run in the sweeper's process (or in a reused launcher
+    worker) share it instead of paying for a new engine and schema check each (~0.1 s a trial).
+    """
+    key = (url, heartbeat_interval, grace_period)
+    if key not in _storages:
+        _storages[key] = _new_storage(*key)
+    return _storages[key]
+
+
+def _new_storage(url, heartbeat_interval, grace_period):
     import optuna
     # We drive heartbeats ourselves (ask/tell, not Study.optimize); Optuna warns about both.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
