@@ -26,8 +26,11 @@ def parent_run(config, study):
     client = client_for(config)
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id:
-        client.update_run(run_id, status="RUNNING")
-        return run_id
+        if is_active_run(client, run_id):
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        log.warning(f"The study's MLflow parent run {run_id} is not in {config.mlflow.tracking_uri} (deleted, or "
+                    f"the study was begun with another tracking URI): this sweep's runs go under a new parent run.")
     run = client.create_run(experiment_id, run_name=f"sweep-{study.study_name}",
                             tags={"sweep": "parent", "study_name": study.study_name})
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
@@ -36,6 +39,14 @@ def parent_run(config, study):
     if stored != run.info.run_id:
         client.delete_run(run.info.run_id)
     return stored
+
+
+def is_active_run(client, run_id):
+    from mlflow.exceptions import MlflowException
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
 
 
 def finish_parent(config, run_id, status="FINISHED"):

@@ -9,10 +9,10 @@ from optuna.trial import TrialState
 from tests.conftest import REPO
 
 
-def run_sweep(tmp_path, env, *extra, study="s"):
+def run_sweep(tmp_path, env, *extra, study="s", store="mlflow.db"):
     args = ["-m", "hydra/sweeper=optuna", "model=tiny", "trainer.epochs=2", "trainer.batch_size=100",
             "data.train_images=500", "data.test_images=200", "data.val_size=100", "trainer.log_every=0",
-            "trainer.device=cpu", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            "trainer.device=cpu", f"mlflow.tracking_uri=sqlite:///{tmp_path}/{store}",
             f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", f"hydra.sweeper.study_name={study}",
             f"hydra.sweep.dir={tmp_path}/multirun", "hydra.sweeper.sampler.seed=0", *extra]
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], env=env, cwd=tmp_path,
@@ -23,8 +23,8 @@ def load(tmp_path, study="s"):
     return optuna.load_study(study_name=study, storage=f"sqlite:///{tmp_path}/optuna.db")
 
 
-def mlflow_runs(tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+def mlflow_runs(tmp_path, store="mlflow.db"):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/{store}")
     return mlflow.search_runs(search_all_experiments=True, output_format="list")
 
 
@@ -71,6 +71,16 @@ def test_sweep_gates_budget_logs_parent_and_children_and_resumes(tmp_path, train
     assert [t.number for t in launched(study)][:3] == [t.number for t in trained]
     children = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId")]
     assert len(children) == 5 and len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
+
+    # The study goes on with another MLflow store (or its store was deleted): a new parent run there
+    third = run_sweep(tmp_path, train_env, "hydra.sweeper.n_trials=6", *space, store="other.db")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "is not in sqlite:///" in third.stderr + third.stdout
+    runs = mlflow_runs(tmp_path, store="other.db")
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 1 and children[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
 
 
 def test_space_all_over_budget_stops_with_a_clear_message(tmp_path, train_env):
