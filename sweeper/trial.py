@@ -47,6 +47,9 @@ def open_storage(url, heartbeat_interval=10, grace_period=60):
 
 def _new_storage(url, heartbeat_interval, grace_period):
     import optuna
+
+    from training.tracking import make_sqlite_folder
+    make_sqlite_folder(url)
     # We drive heartbeats ourselves (ask/tell, not Study.optimize); Optuna warns about both.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")

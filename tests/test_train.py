@@ -77,3 +77,13 @@ def test_fused_optimizer_kernels_follow_the_setting(setting, device_type, fused)
         if device_type == "cpu":  # the CPU kernels exist: the optimizer really is built fused
             optimizer = build_optimizer(cfg, torch.nn.Linear(3, 2), device_type)
             assert bool(optimizer.defaults["fused"]) is fused
+
+
+def test_sqlite_stores_in_folders_not_yet_there(tmp_path):
+    """MLflow's and Optuna's sqlite files may be named inside folders that do not exist yet."""
+    from sweeper.trial import open_storage
+    from training.tracking import open_store
+    assert open_store(f"sqlite:///{tmp_path}/new/mlflow/mlflow.db", "e")
+    assert (tmp_path / "new" / "mlflow" / "mlflow.db").is_file()
+    open_storage(f"sqlite:///{tmp_path}/new/optuna/optuna.db")
+    assert (tmp_path / "new" / "optuna" / "optuna.db").is_file()

@@ -1,4 +1,5 @@
 """MLflow: one place that opens the store, starts runs and logs what a run produced."""
+import os
 import socket
 import urllib.parse
 
@@ -36,12 +37,22 @@ def check_reachable(uri, timeout=3.0):
                             f"(sqlite:///mlflow.db)") from err
 
 
+def make_sqlite_folder(url):
+    """sqlite cannot create a database file in a folder that is not there; make the folder."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    if path and path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
 def open_store(uri, experiment):
     """Point MLflow at `uri`, create its database once if it is new, and return the experiment id.
 
     Creating a sqlite store from several processes at once fails, so sweeps call this first.
     """
     check_reachable(uri)
+    make_sqlite_folder(uri)
     import mlflow
     mlflow.set_tracking_uri(uri)
     try:
