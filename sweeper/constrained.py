@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from models import ModelConfigError, param_report
 from sweeper import report as sweep_report
+from sweeper.compose import JobConfigs
 from sweeper.trial import DivergedError, Pruned, TrialPruned, open_storage
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class ConstrainedSweeperImpl(OptunaSweeperImpl):
     # --- proposals -----------------------------------------------------------------------------
     def count_params(self, overrides):
         """Compose the trial's job config and count its model: (num_params, budget, error or None)."""
-        job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        job_cfg = self.job_configs(overrides)
         try:
             report = param_report(job_cfg)
         except ModelConfigError as err:
@@ -161,6 +162,7 @@ class ConstrainedSweeperImpl(OptunaSweeperImpl):
             grid = {name: self._to_grid_sampler_choices(dist) for name, dist in space.items()}
             self.sampler = self.sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
+        self.job_configs = JobConfigs(self.hydra_context.config_loader, self.config)
         self.storage_url = self.storage or f"sqlite:///{self.config.hydra.sweep.dir}/optuna.db"
         self.storage_obj = open_storage(self.storage_url, *self.heartbeat)
         directions = self._get_directions()

@@ -1,0 +1,44 @@
+"""A trial's job config for the budget check, without a full Hydra composition per proposal.
+
+Composing with Hydra takes ~0.2 s (YAML files, defaults lists, Hydra's own config), which every
+proposal paid before its parameters were counted. Proposals mostly differ in plain values
+(model.dropout=0.12, model.width_mult=0.75), so they share one composition per set of their other
+overrides (config-group choices such as optimizer=sgd, +/~ edits) and have their values set on a
+copy, as Hydra itself sets value overrides after composing (OmegaConf.update with merge=True).
+Anything else, or anything that fails on the short path, is composed in full.
+"""
+import copy
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType, ValueType
+from omegaconf import OmegaConf
+
+
+class JobConfigs:
+    def __init__(self, config_loader, master_config):
+        self.loader, self.master = config_loader, master_config
+        self.parser = OverridesParser.create()
+        self.compositions = {}
+
+    def is_plain_value(self, override):
+        key = override.key_or_group
+        return (override.type == OverrideType.CHANGE and override.package is None
+                and override.value_type == ValueType.ELEMENT and not key.startswith("hydra")
+                and not self.loader.repository.group_exists(key.replace(".", "/")))
+
+    def full(self, overrides):
+        return self.loader.load_sweep_config(self.master, list(overrides))
+
+    def __call__(self, overrides):
+        parsed = self.parser.parse_overrides(list(overrides))
+        plain = [o for o in parsed if self.is_plain_value(o)]
+        rest = tuple(o.input_line for o in parsed if not self.is_plain_value(o))
+        try:
+            if rest not in self.compositions:
+                self.compositions[rest] = self.full(rest)
+            cfg = copy.deepcopy(self.compositions[rest])
+            for override in plain:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+            return cfg
+        except Exception:  # noqa: BLE001 - Hydra's own composition gives the error, or the right answer
+            return self.full(overrides)
