@@ -24,7 +24,7 @@ from benchmarks.common import cifar_images, machine
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("budget", "data", "train", "overhead")
 
-FULL = dict(data=dict(batch_size=256, conventional_images=2048, ours_images=16384, rounds=3),
+FULL = dict(data=dict(batch_size=256, conventional_images=4096, ours_images=50_000, rounds=5),
             train={"tiny": dict(batch_size=64, steps=16), "final": dict(batch_size=32, steps=4)}, train_rounds=9,
             gpu=dict(batch_size=256, steps=20, rounds=5),
             overhead=dict(trials=8, train_per_file=10_000, test=1_000), budget_repeats=20, budget_control=True)
