@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("budget", "data", "train", "overhead")
 
 FULL = dict(data=dict(batch_size=256, conventional_images=4096, ours_images=50_000, rounds=5),
-            train={"tiny": dict(batch_size=64, steps=16), "final": dict(batch_size=32, steps=4)}, train_rounds=9,
+            # Many short rounds: single rounds scatter by +-15% on a shared machine; their median holds.
+            train={"tiny": dict(batch_size=64, steps=4), "final": dict(batch_size=32, steps=1)}, train_rounds=25,
             gpu=dict(batch_size=256, steps=20, rounds=5),
             overhead=dict(trials=8, train_per_file=10_000, test=1_000), budget_repeats=20, budget_control=True)
 QUICK = dict(data=dict(batch_size=32, conventional_images=64, ours_images=256, rounds=1, workers=0),
@@ -91,8 +92,9 @@ def main(argv=None):
                 for name, sizes in settings["train"].items()]
         results["train_step"] = rows
         out.append(table(f"train step ({device}, fp32): images/s, project loop vs plain loop", rows,
-                         ["model", "batch_size", "steps", "rounds_timed", "project_images_per_sec",
-                          "project_unfused_images_per_sec", "plain_images_per_sec", "ratio", "ratio_unfused"]))
+                         ["model", "batch_size", "steps", "rounds_timed", "threads", "project_images_per_sec",
+                          "project_unfused_images_per_sec", "plain_images_per_sec", "ratio", "ratio_quartiles", "ratio_unfused",
+                          "project_1_thread_images_per_sec", "one_thread_vs_default"]))
         print(out[-1], flush=True)
         if args.gpu:
             gpu = settings["gpu"]

@@ -61,7 +61,17 @@ def interleaved(contenders, rounds):
             for name, values in rates.items()}
 
 
-def ratio_of_medians(result, ours, theirs):
-    """ours/theirs from the per-round ratios (each round measured both back to back)."""
-    pairs = [a / b for a, b in zip(result[ours]["rounds"], result[theirs]["rounds"])]
-    return statistics.median(pairs)
+def paired_ratios(result, ours, theirs):
+    """ours/theirs per round (each round measured both back to back)."""
+    return [a / b for a, b in zip(result[ours]["rounds"], result[theirs]["rounds"])]
+
+
+def paired_ratio(result, ours, theirs):
+    """The median of the per-round ratios: one noisy round moves it little."""
+    return statistics.median(paired_ratios(result, ours, theirs))
+
+
+def paired_quartiles(result, ours, theirs):
+    """'q1-q3' of the per-round ratios: how far single rounds scattered."""
+    q1, _, q3 = statistics.quantiles(paired_ratios(result, ours, theirs), n=4)
+    return f"{q1:.3f}-{q3:.3f}"

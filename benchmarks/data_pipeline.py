@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms as T
 
-from benchmarks.common import interleaved, ratio_of_medians, sync
+from benchmarks.common import interleaved, paired_ratio, sync
 from data import Augmentation, DeviceLoader, channel_stats
 
 POLICIES = {  # as conf/augmentation/*.yaml
@@ -70,7 +70,7 @@ def bench(images, labels, device, batch_size=256, conventional_images=2048, ours
         rows.append({"policy": policy, "batch_size": batch_size, "workers": workers,
                      "ours_images_per_sec": round(result["ours"]["images_per_sec"], 1),
                      "conventional_images_per_sec": round(result["conventional"]["images_per_sec"], 1),
-                     "ratio": round(ratio_of_medians(result, "ours", "conventional"), 2),
+                     "ratio": round(paired_ratio(result, "ours", "conventional"), 2),
                      "rounds": result})
         del conventional  # stops its workers
     return rows

@@ -1,7 +1,7 @@
 """Train step images/s: the project's loop (train.train_one_epoch: scheduler, metrics on the device,
 progress lines) against a minimal hand-written PyTorch loop, same model, batch and data. The
-project loop runs twice: as train.py does (fused optimizer kernels) and with the per-tensor
-optimizer loop a plain loop gets by default, which isolates the loop's own overhead.
+project loop also runs with the per-tensor optimizer loop a plain loop gets by default (isolating
+the loop's own overhead) and, on the CPU, on one thread instead of torch's default.
 
 On a GPU, also the project loop with each speed switch (bf16 autocast, channels_last, fused
 optimizer, torch.compile) against its fp32 baseline, all in the same run.
@@ -13,7 +13,7 @@ import io
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import interleaved, ratio_of_medians, sync
+from benchmarks.common import interleaved, paired_quartiles, paired_ratio, sync
 from data import DeviceLoader, channel_stats
 from models import build_model
 from training.optim import build_optimizer, build_scheduler
@@ -39,8 +39,8 @@ def make_loader(images, labels, device, batch_size, steps, channels_last=False):
 class ProjectLoop:
     """Everything train.py does per step, through the same function."""
 
-    def __init__(self, cfg, model, loader, device, precision="fp32", fused=None, compile=False):
-        self.model, self.loader, self.device = model, loader, device
+    def __init__(self, cfg, model, loader, device, precision="fp32", fused=None, compile=False, threads=None):
+        self.model, self.loader, self.device, self.threads = model, loader, device, threads
         self.optimizer = build_optimizer(cfg, model, device.type, fused=fused)  # None: as train.py
         self.scheduler = build_scheduler(cfg, self.optimizer, len(loader), epochs=10_000)
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -54,11 +54,16 @@ class ProjectLoop:
 
     def __call__(self):
         self.epoch += 1
-        with contextlib.redirect_stdout(io.StringIO()):
-            _, _, seen = train_one_epoch(self.model, self.forward, self.loader, self.optimizer, self.scheduler,
-                                         self.criterion, self.autocast, self.scaler, log_every=self.log_every,
-                                         epoch=self.epoch)
-        sync(self.device)
+        default_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads or default_threads)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                _, _, seen = train_one_epoch(self.model, self.forward, self.loader, self.optimizer, self.scheduler,
+                                             self.criterion, self.autocast, self.scaler, log_every=self.log_every,
+                                             epoch=self.epoch)
+            sync(self.device)
+        finally:
+            torch.set_num_threads(default_threads)
         return seen
 
 
@@ -83,22 +88,31 @@ class PlainLoop:
 
 
 def bench_loop(cfg, images, labels, device, batch_size, steps, rounds):
-    """Project loop (as train.py runs it, and with the per-tensor optimizer a plain loop gets by
-    default) vs plain loop, fp32, interleaved rounds; one row."""
+    """Project loop vs plain loop, fp32, interleaved rounds; one row. The project loop also runs with
+    the per-tensor optimizer a plain loop gets by default (the loop's own overhead, isolated) and,
+    on a CPU with several threads, on one thread (what the thread count buys)."""
     device = torch.device(device)
     model = build_model(cfg, device=device)
-    loops = {"project": ProjectLoop(cfg, model, make_loader(images, labels, device, batch_size, steps), device),
-             "project_unfused": ProjectLoop(cfg, copy.deepcopy(model), make_loader(images, labels, device, batch_size,
-                                                                                   steps), device, fused=False),
-             "plain": PlainLoop(copy.deepcopy(model), make_loader(images, labels, device, batch_size, steps), device)}
+
+    def loader():
+        return make_loader(images, labels, device, batch_size, steps)
+    loops = {"project": ProjectLoop(cfg, model, loader(), device),
+             "project_unfused": ProjectLoop(cfg, copy.deepcopy(model), loader(), device, fused=False),
+             "plain": PlainLoop(copy.deepcopy(model), loader(), device)}
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        loops["project_1_thread"] = ProjectLoop(cfg, copy.deepcopy(model), loader(), device, threads=1)
     for loop in loops.values():
         loop()  # warm-up
     result = interleaved(loops, rounds)
-    return {"model": str(cfg.model.name), "device": str(device), "batch_size": batch_size, "steps": steps,
-            "rounds_timed": rounds, **{f"{name}_images_per_sec": round(result[name]["images_per_sec"], 1)
-                                       for name in loops},
-            "ratio": round(ratio_of_medians(result, "project", "plain"), 3),
-            "ratio_unfused": round(ratio_of_medians(result, "project_unfused", "plain"), 3), "rounds": result}
+    row = {"model": str(cfg.model.name), "device": str(device), "batch_size": batch_size, "steps": steps,
+           "rounds_timed": rounds, "threads": torch.get_num_threads(),
+           **{f"{name}_images_per_sec": round(result[name]["images_per_sec"], 1) for name in loops},
+           "ratio": round(paired_ratio(result, "project", "plain"), 3),
+           "ratio_quartiles": paired_quartiles(result, "project", "plain") if rounds > 1 else "",
+           "ratio_unfused": round(paired_ratio(result, "project_unfused", "plain"), 3)}
+    if "project_1_thread" in loops:
+        row["one_thread_vs_default"] = round(paired_ratio(result, "project_1_thread", "project"), 3)
+    return {**row, "rounds": result}
 
 
 def bench_gpu_switches(cfg, images, labels, batch_size, steps, rounds, variants=GPU_VARIANTS):
@@ -118,5 +132,5 @@ def bench_gpu_switches(cfg, images, labels, batch_size, steps, rounds, variants=
     result = interleaved(loops, rounds)
     return [{"variant": name, "model": str(cfg.model.name), "batch_size": batch_size,
              "images_per_sec": round(result[name]["images_per_sec"], 1),
-             "speedup_vs_fp32": round(ratio_of_medians(result, name, "fp32"), 2) if "fp32" in result else None,
+             "speedup_vs_fp32": round(paired_ratio(result, name, "fp32"), 2) if "fp32" in result else None,
              "rounds": result[name]["rounds"]} for name in loops]
