@@ -87,3 +87,21 @@ def test_sqlite_stores_in_folders_not_yet_there(tmp_path):
     assert (tmp_path / "new" / "mlflow" / "mlflow.db").is_file()
     open_storage(f"sqlite:///{tmp_path}/new/optuna/optuna.db")
     assert (tmp_path / "new" / "optuna" / "optuna.db").is_file()
+
+
+@pytest.mark.parametrize("scale, batch, peak", [(False, 512, 0.01), (True, 512, 0.02), (True, 128, 0.005)])
+def test_onecycle_peaks_at_the_optimizers_scaled_lr(scale, batch, peak):
+    from training.optim import build_optimizer, build_scheduler
+    cfg = compose_cfg(["scheduler=onecycle", "optimizer=sgd", "optimizer.lr=0.01", f"optimizer.scale_lr_with_batch={str(scale).lower()}",
+                       f"trainer.batch_size={batch}"])
+    optimizer = build_optimizer(cfg, torch.nn.Linear(3, 2), "cpu")
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=10, epochs=4)
+    lrs = []
+    for _ in range(40):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert max(lrs) == pytest.approx(peak, rel=0.02)
+    explicit = compose_cfg(["scheduler=onecycle", "scheduler.max_lr=0.3", f"trainer.batch_size={batch}"])
+    opt = build_optimizer(explicit, torch.nn.Linear(3, 2), "cpu")
+    assert build_scheduler(explicit, opt, 10, 4).get_last_lr()[0] == pytest.approx(0.3 / 25)

@@ -80,8 +80,9 @@ def build_scheduler(cfg, optimizer, steps_per_epoch, epochs):
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     if name == "onecycle":
+        peak = float(sched.max_lr) if sched.get("max_lr") is not None else optimizer.defaults["lr"]
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=float(sched.max_lr), total_steps=total, pct_start=float(sched.pct_start),
+            optimizer, max_lr=peak, total_steps=total, pct_start=float(sched.pct_start),
             anneal_strategy=str(sched.anneal_strategy), div_factor=float(sched.div_factor),
             final_div_factor=float(sched.final_div_factor), cycle_momentum=False)
     if name == "cyclic":
