@@ -3,6 +3,7 @@ import csv
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -79,9 +80,17 @@ def test_range_test_end_to_end_then_cyclic_bounds(cifar_root, mlflow_store, monk
     assert load_suggestion(str(Path(paths["lr_range.json"]).parent)) == expected
     assert load_suggestion(f"runs:/{result['mlflow_run_id']}") == expected
 
-    cyclic = config("model=tiny", "scheduler=cyclic", f"scheduler.bounds_from=runs:/{result['mlflow_run_id']}")
+    # The run is looked up in the job's mlflow.tracking_uri, wherever MLflow itself points now
+    cyclic = config("model=tiny", "scheduler=cyclic", f"scheduler.bounds_from=runs:/{result['mlflow_run_id']}",
+                    f"mlflow.tracking_uri=sqlite:///{mlflow_store}/mlflow.db")
     model = torch.nn.Linear(2, 2)
-    scheduler = build_scheduler(cyclic, build_optimizer(cyclic, model, "cpu"), steps_per_epoch=10, epochs=2)
+    load_suggestion.cache_clear()  # (it is cached: the config check and the training both ask)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{mlflow_store}/elsewhere.db")
+    try:
+        scheduler = build_scheduler(cyclic, build_optimizer(cyclic, model, "cpu"), steps_per_epoch=10, epochs=2)
+    finally:
+        mlflow.set_tracking_uri(before)
     assert isinstance(scheduler, torch.optim.lr_scheduler.CyclicLR)
     assert scheduler.base_lrs[0] == pytest.approx(result["min_lr"])
     assert scheduler.max_lrs[0] == pytest.approx(result["max_lr"])

@@ -243,12 +243,12 @@ def log_curve(run_id, rows):
 
 
 @functools.lru_cache(maxsize=None)
-def load_suggestion(source):
+def load_suggestion(source, tracking_uri=None):
     """(base_lr, max_lr) from a finished range test: its lr_range.json or .csv, its output folder,
-    or its MLflow run as runs:/<run_id> (in the store MLFLOW_TRACKING_URI names, else the default)."""
+    or its MLflow run as runs:/<run_id> (in tracking_uri: the job's mlflow.tracking_uri)."""
     source = str(source)
     if source.startswith("runs:/"):
-        low, high = _from_run(source)
+        low, high = _from_run(source, tracking_uri)
     else:
         low, high = _from_file(source)
     if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
@@ -258,16 +258,16 @@ def load_suggestion(source):
     return low, high
 
 
-def _from_run(source):
+def _from_run(source, tracking_uri=None):
     import mlflow
     from mlflow.tracking import MlflowClient
     run_id = source[len("runs:/"):].strip("/").split("/")[0]
-    uri = mlflow.get_tracking_uri()
+    uri = tracking_uri or mlflow.get_tracking_uri()
     try:
         metrics = MlflowClient(uri).get_run(run_id).data.metrics
     except Exception as err:
         raise OptimConfigError(f"scheduler.bounds_from={source}: no MLflow run '{run_id}' in {uri} "
-                               f"({type(err).__name__}); set MLFLOW_TRACKING_URI to the store the range "
+                               f"({type(err).__name__}); set mlflow.tracking_uri to the store the range "
                                f"test logged to, or pass its lr_range.json") from None
     if "suggested_min_lr" not in metrics or "suggested_max_lr" not in metrics:
         raise OptimConfigError(f"scheduler.bounds_from={source}: run {run_id} has no suggested_min_lr/max_lr; "

@@ -86,7 +86,7 @@ def build_scheduler(cfg, optimizer, steps_per_epoch, epochs):
             anneal_strategy=str(sched.anneal_strategy), div_factor=float(sched.div_factor),
             final_div_factor=float(sched.final_div_factor), cycle_momentum=False)
     if name == "cyclic":
-        low, high = cyclic_bounds(sched)
+        low, high = cyclic_bounds(sched, cfg.get("mlflow", {}).get("tracking_uri"))
         return torch.optim.lr_scheduler.CyclicLR(
             optimizer, base_lr=low, max_lr=high, mode=str(sched.mode), cycle_momentum=False,
             step_size_up=max(1, int(float(sched.step_size_up_epochs) * steps_per_epoch)))
@@ -94,12 +94,12 @@ def build_scheduler(cfg, optimizer, steps_per_epoch, epochs):
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=float(sched.gamma))
 
 
-def cyclic_bounds(sched):
+def cyclic_bounds(sched, tracking_uri=None):
     """(base_lr, max_lr): from the config, or from a finished LR range test (`bounds_from`)."""
     source = sched.get("bounds_from")
     if source:
         from training.lr_range import load_suggestion
-        return load_suggestion(source)
+        return load_suggestion(source, tracking_uri)
     low, high = float(sched.base_lr), float(sched.max_lr)
     if not 0 < low < high:
         raise OptimConfigError(f"scheduler cyclic needs 0 < base_lr < max_lr, got {low} and {high}")
