@@ -127,12 +127,16 @@ def _gray(x):
 
 
 def _smoothed(x):
-    """torchvision's sharpness 'degenerate' image: 3x3 smoothing inside, border pixels kept."""
-    kernel = torch.ones(3, 3, device=x.device)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, 3, 3)
+    """torchvision's sharpness 'degenerate' image: the kernel [[1,1,1],[1,5,1],[1,1,1]] / 13 inside,
+    border pixels kept. Summed in integers and rounded as (2 sum + 13) // 26: a sum of 13 pixel
+    values over 13 is never half-way between two integers, so this is the exact rounding, and equal to
+    torchvision's float convolution (whose error is far below the 1/26 margin). The grouped 3x3
+    float convolution it replaces took 2-3x longer here (median of 30, 100 images)."""
+    v = x.to(torch.int16)
+    rows = v[..., :-2, :] + v[..., 1:-1, :] + v[..., 2:, :]
+    total = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:] + 4 * v[..., 1:-1, 1:-1]
     out = x.clone()
-    out[..., 1:-1, 1:-1] = F.conv2d(x.float(), kernel, groups=x.shape[1]).round_().to(torch.uint8)
+    out[..., 1:-1, 1:-1] = torch.div(2 * total + 13, 26, rounding_mode="floor")
     return out
 
 
@@ -146,19 +150,20 @@ def _autocontrast(x, m):
 
 
 def _equalize(x, m):
-    """Histogram equalisation per image and channel, all channels of the batch in one bincount."""
+    """Histogram equalisation per image and channel: one bincount and one table lookup for all of them."""
     n, c, h, w = x.shape
-    pixels = x.reshape(n * c, h * w).long()
-    offsets = torch.arange(n * c, device=x.device).view(-1, 1) * 256
-    hist = torch.bincount((pixels + offsets).flatten(), minlength=n * c * 256).view(n * c, 256)
+    rows = x.reshape(n * c, h * w)
+    # Channel i of the batch counts into bins [256 i, 256 i + 256) and reads its own table there.
+    index = (rows.long() + torch.arange(n * c, device=x.device).view(-1, 1) * 256).flatten()
+    hist = torch.bincount(index, minlength=n * c * 256).view(n * c, 256)
     # torchvision: step = (pixel count outside the highest occupied bin) // 255; step 0 leaves the channel.
-    top = hist.gather(1, pixels.amax(1, keepdim=True))
+    top = hist.gather(1, rows.amax(1, keepdim=True).long())
     step = torch.div(h * w - top, 255, rounding_mode="floor")
     safe = step.clamp(min=1)
     lut = torch.div(hist.cumsum(1) + torch.div(safe, 2, rounding_mode="floor"), safe, rounding_mode="floor")
     lut = F.pad(lut, (1, 0))[:, :-1].clamp_(0, 255)
-    out = torch.where(step == 0, pixels, lut.gather(1, pixels))
-    return out.to(torch.uint8).view(n, c, h, w)
+    lut = torch.where(step == 0, torch.arange(256, device=x.device), lut).to(torch.uint8)
+    return lut.flatten().index_select(0, index).view(n, c, h, w)
 
 
 PHOTOMETRIC_OPS = {

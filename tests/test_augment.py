@@ -120,6 +120,17 @@ def test_every_autoaugment_op_equals_torchvision(images, op):
         assert torch.equal(got, expected), f"{op}({value}) differs from torchvision"
 
 
+def test_equalize_leaves_flat_and_nearly_flat_channels_as_torchvision_does(images):
+    """step 0 (all pixels in one bin, or all but a few): the channel is left alone."""
+    odd = images[:4].clone()
+    odd[0] = 77                                  # every channel flat
+    odd[1, 0] = 5                                # one flat channel
+    odd[2, 1] = 200
+    odd[2, 1, 0, :100 // 32] = 3                 # all but a handful of pixels in one bin
+    odd[3, 2] = torch.arange(32, dtype=torch.uint8).view(1, 32) * 8  # evenly spread
+    assert torch.equal(PHOTOMETRIC_OPS["Equalize"](odd, torch.zeros(4)), TF.equalize(odd))
+
+
 def test_autoaugment_changes_most_images_and_follows_the_policy(images):
     aa = BatchedAutoAugment()
     out = aa(images, gen())
