@@ -30,9 +30,10 @@ class JobConfigs:
         return self.loader.load_sweep_config(self.master, list(overrides))
 
     def __call__(self, overrides):
-        parsed = self.parser.parse_overrides(list(overrides))
-        plain = [o for o in parsed if self.is_plain_value(o)]
-        rest = tuple(o.input_line for o in parsed if not self.is_plain_value(o))
+        plain, other = [], []
+        for override in self.parser.parse_overrides(list(overrides)):
+            (plain if self.is_plain_value(override) else other).append(override)
+        rest = tuple(o.input_line for o in other)
         try:
             if rest not in self.compositions:
                 self.compositions[rest] = self.full(rest)
