@@ -42,7 +42,10 @@ def test_proposals_share_compositions_and_cost_milliseconds(job_configs):
     first = job_configs(PROPOSALS[0])
     start = time.perf_counter()
     second = job_configs(PROPOSALS[1])
-    assert time.perf_counter() - start < 0.1  # a full composition is ~0.2 s on this machine
+    short = time.perf_counter() - start
+    start = time.perf_counter()
+    job_configs.full(PROPOSALS[1])
+    assert short < (time.perf_counter() - start) / 2  # measured side by side: machine load hits both
     assert len(job_configs.compositions) == 1  # both are model=final plus plain values
     assert first.model.dropout == 0.1234 and second.model.dropout == 0.0  # copies, not one shared config
 
