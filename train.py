@@ -22,14 +22,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from data import Augmentation, DatasetError, DeviceLoader, channel_stats, load_cifar10, split_train_val
-from models import ModelConfigError, build_model, param_report
-from sweeper.trial import DivergedError, Pruned, TrialPruned, TrialReporter
+from data import Augmentation, DeviceLoader, channel_stats, load_cifar10, split_train_val
+from errors import BudgetError, DivergedError, UserError
+from models import build_model
+from sweeper.trial import Pruned, TrialPruned, TrialReporter
 from training import checkpoint
-from training.checkpoint import CheckpointError
-from training.lr_range import check_settings, run_range_test
-from training.optim import OptimConfigError, build_optimizer, build_scheduler, fused_kernels
-from training.tracking import TrackingError, check_reachable, open_store, start_run
+from training.gate import check_config
+from training.lr_range import run_range_test
+from training.optim import build_optimizer, build_scheduler
+from training.tracking import check_reachable, open_store, start_run
 
 # Targets Hydra 1.4 may instantiate from config (the sweeper, its samplers, the launchers).
 EXECUTION_WHITELIST = [
@@ -41,48 +42,7 @@ EXECUTION_WHITELIST = [
 ]
 
 
-class ConfigError(ValueError):
-    pass
-
-
-class BudgetError(ValueError):
-    pass
-
-
-USER_ERRORS = (ConfigError, BudgetError, ModelConfigError, DatasetError, OptimConfigError, TrackingError,
-               CheckpointError)
-
-
-def check_config(cfg):
-    """Everything that can be wrong with a config, checked in milliseconds. Returns the param report."""
-    report = param_report(cfg)
-    trainer = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        value = trainer[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"trainer.{key}={value!r} must be a positive integer")
-    if trainer.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"trainer.precision='{trainer.precision}' is unknown: use fp32, bf16 or fp16")
-    if trainer.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"trainer.device='{trainer.device}' is unknown: use auto, cpu or cuda")
-    if trainer.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible: use trainer.device=auto or cpu")
-    if trainer.tta not in ("none", "flip", "flip_shift"):
-        raise ConfigError(f"trainer.tta='{trainer.tta}' is unknown: use none, flip or flip_shift")
-    if trainer.ema_decay is not None and not 0 < trainer.ema_decay < 1:
-        raise ConfigError(f"trainer.ema_decay={trainer.ema_decay} must be in (0, 1), or null for no EMA")
-    if cfg.task not in ("train", "lr_range_test"):
-        raise ConfigError(f"task='{cfg.task}' is unknown: use train or lr_range_test")
-    if cfg.task == "lr_range_test":
-        check_settings(cfg.lr_range)
-    try:
-        Augmentation(cfg.augmentation)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    fused_kernels(cfg, "cpu")
-    stand_in = torch.nn.Linear(1, 1)  # the names and numbers are what can be wrong, not the model
-    build_scheduler(cfg, build_optimizer(cfg, stand_in, "cpu", fused=False), steps_per_epoch=1, epochs=trainer.epochs)
-    return report
+USER_ERRORS = (UserError,)
 
 
 def pick_device(cfg):

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from errors import DatasetError
+
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILES = ["test_batch"]
@@ -19,10 +21,6 @@ NUM_CLASSES = 10
 ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-class DatasetError(RuntimeError):
-    """The dataset is missing or damaged; the message says where and how to fix it."""
 
 
 def dataset_dir(root) -> Path:

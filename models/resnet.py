@@ -10,9 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
-class ModelConfigError(ValueError):
-    """A model configuration that cannot be built; the message says what to change."""
+from errors import ModelConfigError  # noqa: F401 - re-exported by models
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ config keys, and the job reconnects to the study's storage to report and to send
 import threading
 import warnings
 
+from errors import DivergedError  # noqa: F401 - the sweeper records diverged trials as FAIL
+
 # optuna is imported where it is used, so that single runs (and train.py's import) do without it.
 
 PRUNERS = ("none", "median", "successive_halving", "hyperband", "threshold")
@@ -24,10 +26,6 @@ class Pruned:
 
     def __repr__(self):
         return f"Pruned({self.message!r})"
-
-
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite; the trial is recorded as FAIL and the sweep goes on."""
 
 
 _storages = {}

@@ -18,13 +18,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from errors import CheckpointError
+
 FILE = "last.pt"
 # trainer keys that do not change the training itself, so they do not change the checkpoint's key.
 NOT_IN_KEY = ("resume", "checkpoint_dir", "keep_checkpoint", "log_every")
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def config_key(cfg) -> str:

@@ -3,12 +3,10 @@ import math
 
 import torch
 
+from errors import OptimConfigError
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "onecycle", "cyclic", "step")
-
-
-class OptimConfigError(ValueError):
-    pass
 
 
 def param_groups(model, weight_decay, decay_norm_and_bias):

@@ -5,9 +5,7 @@ import urllib.parse
 
 from omegaconf import OmegaConf
 
-
-class TrackingError(RuntimeError):
-    pass
+from errors import TrackingError
 
 
 def flatten(cfg, prefix=""):
