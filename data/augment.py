@@ -276,13 +276,16 @@ class BatchedAutoAugment:
         return out.index_select(0, position.argsort())
 
 
+AUGMENTATIONS = ("none", "simple", "autoaugment")
+
+
 class Augmentation:
     """The configured augmentation policy as one callable over uint8 batches."""
 
     def __init__(self, cfg):
         self.name = str(cfg.name)
-        if self.name not in ("none", "simple", "autoaugment"):
-            raise ValueError(f"augmentation.name='{self.name}' is unknown: use none, simple or autoaugment")
+        if self.name not in AUGMENTATIONS:
+            raise ValueError(f"augmentation.name='{self.name}' is unknown: use {', '.join(AUGMENTATIONS)}")
         self.crop_padding = int(cfg.get("crop_padding", 0))
         self.flip = bool(cfg.get("flip", False))
         self.rotation = float(cfg.get("rotation_degrees", 0))

@@ -58,11 +58,11 @@ def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("trainer.batch_size=0", "trainer.batch_size=0 must be a positive integer"),
-    ("trainer.precision=fp8", "precision='fp8' is unknown"),
-    ("optimizer.name=lamb", "optimizer.name='lamb' is unknown"),
-    ("scheduler.name=warm", "scheduler.name='warm' is unknown"),
-    ("augmentation.name=mixup", "augmentation.name='mixup' is unknown"),
+    ("trainer.batch_size=0", "trainer.batch_size=0: must be an integer >= 1"),
+    ("trainer.precision=fp8", "trainer.precision=fp8: use one of fp32, bf16, fp16"),
+    ("optimizer.name=lamb", "optimizer.name=lamb: use one of"),
+    ("scheduler.name=warm", "scheduler.name=warm: use one of"),
+    ("augmentation.name=mixup", "augmentation.name=mixup: use one of"),
 ])
 def test_bad_trainer_settings_fail_before_anything(override, message):
     with pytest.raises(UserError, match=message):
