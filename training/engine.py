@@ -107,9 +107,10 @@ class Learner:
     """What trains: the model (on the runtime's device and memory format), optimizer, per-step
     schedule, optional EMA of the weights, loss, and the compiled forward when asked for."""
 
-    def __init__(self, cfg, runtime, steps_per_epoch):
+    def __init__(self, cfg, runtime, steps_per_epoch, model=None):
+        """model: an already built model to train (the benchmarks time copies of one); None = build it."""
         self.cfg, self.runtime = cfg, runtime
-        self.model = runtime.prepare(build_model(cfg, device=runtime.device))
+        self.model = runtime.prepare(model if model is not None else build_model(cfg, device=runtime.device))
         self.optimizer = build_optimizer(cfg, self.model, runtime.device.type)
         self.scheduler = build_scheduler(cfg, self.optimizer, steps_per_epoch, cfg.trainer.epochs)
         self.scaler = runtime.grad_scaler()
