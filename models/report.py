@@ -77,8 +77,8 @@ class ParamReport:
                          f"(fewer blocks or channels) or raise budget.max_params.")
         if not self.flops_feasible:
             biggest = ", ".join(f"{name} {g:.3f}" for name, g in self.largest_flops())
-            parts.append(f"model needs {self.train_gflops:.3f} training GFLOP per image, over the budget "
-                         f"budget.max_gflops={self.max_gflops:g} by {self.train_gflops - self.max_gflops:.3f} "
+            parts.append(f"model needs {self.train_gflops:.3f} training GFLOP per image, over the FLOPs "
+                         f"budget (budget.max_gflops={self.max_gflops:g}) by {self.train_gflops - self.max_gflops:.3f} "
                          f"(largest: {biggest}). Shrink those layers (fewer blocks or channels), downsample "
                          f"earlier (a strided stem such as stem=conv5x5) or raise budget.max_gflops.")
         message = " ".join(parts)

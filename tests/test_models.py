@@ -273,13 +273,13 @@ def test_flops_budget_is_honoured_and_named():
     report = param_report(compose_cfg(["model=final", "budget.max_gflops=1.0"]))
     assert report.params_feasible and not report.flops_feasible and not report.feasible
     message = report.over_budget_message()
-    assert message.startswith("model needs 1.063 training GFLOP per image, over the budget budget.max_gflops=1 "
-                              "by 0.063 (largest: layer2 (5 blocks) 0.541")
+    assert message.startswith("model needs 1.063 training GFLOP per image, over the FLOPs budget "
+                              "(budget.max_gflops=1) by 0.063 (largest: layer2 (5 blocks) 0.541")
     assert "parameters" not in message and "raise budget.max_gflops" in message
     assert report.summary_line() == "train_gflops=1.063 max_gflops=1 params=4997194 budget=5000000 feasible=false"
     assert param_report(compose_cfg(["model=final", "budget.max_gflops=1.1"])).feasible
     both = param_report(compose_cfg(["model=resnet18", "budget.max_gflops=1"])).over_budget_message()
-    assert both.startswith("model has 11,172,170 parameters") and "budget.max_gflops=1 by" in both
+    assert both.startswith("model has 11,172,170 parameters") and "(budget.max_gflops=1) by" in both
 
 
 def test_no_flops_budget_by_default_and_bad_values_are_named():
@@ -295,7 +295,7 @@ def test_gate_reports_flops_over_budget():
     assert gflops_over_budget(compose_cfg(["model=final"])) is None
     over = compose_cfg(["model=final", "stem=conv3x3", "budget.max_gflops=2"])
     assert gflops_over_budget(over) == pytest.approx(3 * 1_466_836_992 / 1e9 - 2)
-    with pytest.raises(BudgetError, match="over the budget budget.max_gflops=2 by 2.401"):
+    with pytest.raises(BudgetError, match=r"over the FLOPs budget \(budget.max_gflops=2\) by 2.401"):
         check_budget(over)
 
 
