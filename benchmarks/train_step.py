@@ -1,4 +1,4 @@
-"""Train step images/s: the project's loop (train.train_one_epoch: scheduler, metrics on the device,
+"""Train step images/s: the project's loop (training.engine.train_one_epoch: scheduler, metrics on the device,
 progress lines) against a minimal hand-written PyTorch loop, same model, batch and data. The
 project loop also runs with the per-tensor optimizer loop a plain loop gets by default (isolating
 the loop's own overhead) and, on the CPU, on one thread instead of torch's default.
@@ -17,7 +17,7 @@ from benchmarks.common import interleaved, paired_quartiles, paired_ratio, sync
 from data import DeviceLoader, channel_stats
 from models import build_model
 from training.optim import build_optimizer, build_scheduler
-from train import train_one_epoch
+from training.engine import train_one_epoch
 
 GPU_VARIANTS = {  # name: (precision, channels_last, fused optimizer, compile)
     "fp32": ("fp32", False, False, False),

@@ -1,6 +1,6 @@
 """Bad input: each is one clear line before any training, and nothing reaches the stores.
 
-Most cases run in this process through train.train() (imports paid once); a few run train.py as
+Most cases run in this process through training.app.run() (imports paid once); a few run train.py as
 real subprocesses, all at once, to prove the exit codes and that no traceback is printed.
 """
 import subprocess
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-import train
+from errors import TrackingError, UserError
+from training import app
 from tests.conftest import compose_cfg
 from tests.faultkit import REPO, data_overrides, free_port, train_env, write_cifar
 
@@ -59,8 +60,8 @@ def test_bad_input_stops_before_training_and_writes_nothing(overrides, dataset, 
     store = tmp_path / "mlflow.db"
     cfg = compose_cfg(["model=tiny", *data_overrides(data[dataset]), f"mlflow.tracking_uri=sqlite:///{store}",
                        "trainer.epochs=1", *overrides])
-    with pytest.raises(train.USER_ERRORS) as caught:
-        train.train(cfg)
+    with pytest.raises(UserError) as caught:
+        app.run(cfg)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
     assert not store.exists()  # no store, so no run in it
@@ -71,8 +72,8 @@ def test_unreachable_tracking_server_fails_in_seconds(data):
     port = free_port()  # bound and released: nothing listens there
     cfg = compose_cfg(["model=tiny", *data_overrides(data["missing"]), f"mlflow.tracking_uri=http://127.0.0.1:{port}"])
     started = time.perf_counter()
-    with pytest.raises(train.TrackingError, match=f"http://127.0.0.1:{port} cannot be reached"):
-        train.train(cfg)  # the dataset is missing too: the store is checked first, before any data
+    with pytest.raises(TrackingError, match=f"http://127.0.0.1:{port} cannot be reached"):
+        app.run(cfg)  # the dataset is missing too: the store is checked first, before any data
     assert time.perf_counter() - started < 5
 
 
