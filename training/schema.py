@@ -183,7 +183,8 @@ def _names(registry):
 def schema():
     """The schema, built on demand so the registries (optimizers, blocks, ...) are their current selves."""
     from data.augment import AUGMENTATIONS
-    from models.build import BLOCK_TYPES, K2_DESIGNS
+    from models.blocks import BLOCKS
+    from models.specs import K2_DESIGNS
     from training.lr_range import RULES
     from training.optim import OPTIMIZERS, SCHEDULERS
     from training.tasks import TASKS
@@ -191,7 +192,7 @@ def schema():
     dropout = Number(0, 1, high_open=True, null=True)  # null: no dropout layers (the paper's Table 1 row 8)
     positive = Number(0, low_open=True)
     layer = {
-        "block": Choice(*BLOCK_TYPES), "blocks": Int(1, hint="remove a layer with ~model.layers.NAME"),
+        "block": Choice(*BLOCKS), "blocks": Int(1, hint="remove a layer with ~model.layers.NAME"),
         "channels": Int(1), "dropout": dropout, "kernel_size": Int(1),
     }
     return {
