@@ -55,7 +55,7 @@ def train(cfg, report):
     if resumed:
         checkpoint.restore(resumed, train_loader=train_loader, **learner.parts())
     trial = current_trial(cfg)
-    with RunContext(tracker, report.total, trial=trial, resumed=resumed, checkpoint_path=ckpt_path,
+    with RunContext(tracker, report, trial=trial, resumed=resumed, checkpoint_path=ckpt_path,
                     keep_checkpoint=cfg.trainer.keep_checkpoint) as run:
         if resumed:
             print(f"resuming after epoch {resumed['epoch']} from {ckpt_path}", flush=True)

@@ -110,10 +110,11 @@ class Tracker:
             return False
 
     # --- the run -----------------------------------------------------------------------------------
-    def start(self, num_params, run_id=None, run_name=None, tags=None, parent_run_id=None, trial_number=None):
-        """Start the job's run (or reopen run_id); nested under a sweep's parent run when there is one."""
+    def start(self, report, run_id=None, run_name=None, tags=None, parent_run_id=None, trial_number=None):
+        """Start the job's run (or reopen run_id); nested under a sweep's parent run when there is one.
+        `report` is the gate's count (models.ParamReport): its parameters and training FLOPs are logged."""
         import mlflow
-        all_tags = {"model": str(self.cfg.model.name), "num_params": str(num_params), **(tags or {})}
+        all_tags = {"model": str(self.cfg.model.name), "num_params": str(report.total), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = str(parent_run_id)
             all_tags["trial_number"] = str(trial_number)
@@ -123,7 +124,8 @@ class Tracker:
         if run_id is None:
             resolved = OmegaConf.to_container(self.cfg, resolve=True)
             params = flatten({k: v for k, v in resolved.items() if k not in ("hydra", "sweep")})
-            params["num_params"] = num_params
+            params["num_params"] = report.total
+            params["train_gflops"] = round(report.train_gflops, 4)
             items = list(params.items())
             for start in range(0, len(items), 100):
                 mlflow.log_params(dict(items[start:start + 100]))
