@@ -8,6 +8,8 @@ import pytest
 from errors import UserError
 from training import app
 from training.gate import check_config
+from training.tracking import read_records
+from models import param_report
 from tests.conftest import REPO, compose_cfg, small_data_overrides
 
 
@@ -54,7 +56,13 @@ def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store):
     assert run.data.metrics["test_acc"] > 0.3            # learnable synthetic data, chance is 0.1
     assert run.data.metrics["final_val_acc"] == pytest.approx(val_acc)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "model"} <= artifacts
+    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "model", "metrics.jsonl"} <= artifacts
+    assert float(run.data.params["train_gflops"]) == pytest.approx(param_report(cfg).train_gflops, abs=1e-4)
+    # The same numbers as JSON lines beside the run, for scripts (no parsing of printed lines).
+    records = read_records(client.download_artifacts(run.info.run_id, "metrics.jsonl"))
+    assert [r["kind"] for r in records] == ["epoch"] * 3 + ["final"]
+    assert [r["train_loss"] for r in records[:3]] == pytest.approx(losses)
+    assert records[-1]["test_acc"] == pytest.approx(run.data.metrics["test_acc"])
 
 
 @pytest.mark.parametrize("override, message", [

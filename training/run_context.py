@@ -19,7 +19,7 @@ from training import checkpoint
 class RunContext:
     def __init__(self, tracker, report, trial=None, resumed=None, checkpoint_path=None,
                  keep_checkpoint=False):
-        self.tracker, self.report, self.trial = tracker, report, trial
+        self.tracker, self.count, self.trial = tracker, report, trial
         self.resumed, self.checkpoint_path, self.keep_checkpoint = resumed, checkpoint_path, keep_checkpoint
         self.run_id = None
 
@@ -27,7 +27,7 @@ class RunContext:
         resumed = self.resumed
         trial = self.trial
         self.run_id = self.tracker.start(
-            self.report, run_id=resumed["mlflow_run_id"] if resumed else None,
+            self.count, run_id=resumed["mlflow_run_id"] if resumed else None,
             parent_run_id=trial.parent_run_id if trial else None, trial_number=trial.number if trial else None)
         if resumed:
             self.tracker.resume(resumed["history"], resumed["epoch"])
