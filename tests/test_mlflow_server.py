@@ -77,8 +77,10 @@ def test_a_single_run_logged_to_the_server(server, data, tmp_path, monkeypatch):
     assert history(server, run["info"]["run_id"], "val_acc")[-1][1] == pytest.approx(val_acc)
     # Artifacts went through the server (--artifacts-destination), not to a local path of the client.
     listed = rest(server, "artifacts/list?" + urllib.parse.urlencode({"run_id": run["info"]["run_id"]}))
-    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "model"} <= {
+    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "metrics.jsonl"} <= {
         f["path"] for f in listed["files"]}
+    assert run["data"]["tags"] and any(t["key"] == "model_uri" and t["value"].startswith("models:/")
+                                       for t in run["data"]["tags"])
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,10 @@ from training import checkpoint
 
 class RunContext:
     def __init__(self, tracker, report, trial=None, resumed=None, checkpoint_path=None,
-                 keep_checkpoint=False):
+                 keep_checkpoint=False, system_metrics=False):
         self.tracker, self.count, self.trial = tracker, report, trial
         self.resumed, self.checkpoint_path, self.keep_checkpoint = resumed, checkpoint_path, keep_checkpoint
+        self.system_metrics = system_metrics
         self.run_id = None
 
     def __enter__(self):
@@ -28,7 +29,8 @@ class RunContext:
         trial = self.trial
         self.run_id = self.tracker.start(
             self.count, run_id=resumed["mlflow_run_id"] if resumed else None,
-            parent_run_id=trial.parent_run_id if trial else None, trial_number=trial.number if trial else None)
+            parent_run_id=trial.parent_run_id if trial else None, trial_number=trial.number if trial else None,
+            system_metrics=self.system_metrics)
         if resumed:
             self.tracker.resume(resumed["history"], resumed["epoch"])
         return self
