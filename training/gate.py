@@ -7,7 +7,7 @@ check is an invalid proposal, one that passes is measured against its budgets.
 """
 import torch
 
-from data import Augmentation
+from data import Augmentation, check_data_config
 from errors import BudgetError, ConfigError
 from models import param_report
 from training.lr_range import check_settings
@@ -18,6 +18,7 @@ TASKS = ("train", "lr_range_test")
 
 def check_config(cfg):
     """Everything that can be wrong with a config, checked in milliseconds. Returns the param report."""
+    check_data_config(cfg)  # first: the model's head and image size come from the dataset
     report = param_report(cfg)
     trainer = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size"):
