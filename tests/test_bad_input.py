@@ -48,6 +48,14 @@ CASES = [  # (id, overrides, dataset, message that must appear)
     ("missing dataset", [], "missing", "CIFAR-10 not found"),
     ("corrupted dataset", [], "corrupt", "as a CIFAR-10 batch"),
     ("dataset of the wrong size", ["data.train_images=50000"], "good", "expected 50,000 images"),
+    ("missing CIFAR-100", ["data=cifar100"], "missing", "CIFAR-100 not found"),
+    ("class count against the dataset", ["data=cifar100", "data.num_classes=10"], "good",
+     "data.num_classes=10: cifar100 has 100; remove the override"),
+    ("model head against the dataset", ["model.num_classes=5"], "good",
+     "model.num_classes=5: must equal data.num_classes=10 for cifar10"),
+    ("validation split too large", ["data.val_size=50000"], "good", "data.val_size=50000: must be an integer in [0,"),
+    ("unknown AutoAugment policy", ["data.autoaugment_policy=cifar100"], "good",
+     "data.autoaugment_policy='cifar100': unknown policy, use one of"),
     ("over budget", ["model=resnet18"], "good", "over the budget of 5,000,000"),
 ]
 
