@@ -204,13 +204,15 @@ def inverse_matrix(op_name, magnitude, image_size):
     return torch.tensor(matrix, dtype=torch.float32).view(2, 3)
 
 
+AUTOAUGMENT_POLICIES = tuple(sorted(policy.value for policy in AutoAugmentPolicy))  # cifar10, imagenet, svhn
+
+
 def autoaugment_policy(name) -> AutoAugmentPolicy:
-    """torchvision's AutoAugmentPolicy named by data.autoaugment_policy (cifar10, imagenet, svhn)."""
+    """torchvision's AutoAugmentPolicy named by data.autoaugment_policy."""
     try:
         return AutoAugmentPolicy(name)
     except ValueError:
-        known = ", ".join(p.value for p in AutoAugmentPolicy)
-        raise ConfigError(f"data.autoaugment_policy={name!r}: unknown policy, use one of {known} "
+        raise ConfigError(f"data.autoaugment_policy={name}: use one of {', '.join(AUTOAUGMENT_POLICIES)} "
                           f"(torchvision's AutoAugmentPolicy)") from None
 
 
@@ -294,6 +296,9 @@ class BatchedAutoAugment:
         return out.index_select(0, position.argsort())
 
 
+AUGMENTATIONS = ("none", "simple", "autoaugment")
+
+
 class Augmentation:
     """The configured augmentation as one callable over uint8 batches [N, 3, image_size, image_size].
 
@@ -303,8 +308,8 @@ class Augmentation:
 
     def __init__(self, cfg, policy="cifar10", image_size=32):
         self.name = str(cfg.name)
-        if self.name not in ("none", "simple", "autoaugment"):
-            raise ValueError(f"augmentation.name='{self.name}' is unknown: use none, simple or autoaugment")
+        if self.name not in AUGMENTATIONS:
+            raise ValueError(f"augmentation.name='{self.name}' is unknown: use {', '.join(AUGMENTATIONS)}")
         self.crop_padding = int(cfg.get("crop_padding", 0))
         self.flip = bool(cfg.get("flip", False))
         self.rotation = float(cfg.get("rotation_degrees", 0))

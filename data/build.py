@@ -1,58 +1,43 @@
 """From the `data` config to loaders: check it, find the files, read, split, normalise, wrap.
 
-`make_loaders` is the one call the training engine (and the LR range test) makes for data;
-`check_data_config` (milliseconds, no files) and `check_available` (file names only, nothing read)
-let the config gate and the sweeper's preflight refuse a run before any data is read, with the
-same messages the loader would give.
+`make_loaders` is the one call training and the LR range test (training/tasks.py, lr_range.py)
+make for data; `check_data_config` (milliseconds, no files) and `check_available` (file names only,
+nothing read) let the config gate and the sweeper's preflight refuse a run before any data is read,
+`check_available` with the same message the loader would give.
 """
 import torch
 
-from data.augment import Augmentation, autoaugment_policy
+from data.augment import Augmentation
 from data.cifar import dataset_dir, load_dataset, missing_files, not_found_message
 from data.datasets import get_dataset
 from data.loader import DeviceLoader
 from errors import ConfigError, DatasetError
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_data_config(cfg):
-    """Every `data.*` value, and that the model's head has one output per class. Returns the dataset spec."""
+    """What the schema (training/schema.py, each key alone) cannot see: the dataset's facts, the model's
+    head, the split and the normalisation against each other. Milliseconds, no files. Returns the spec."""
     data = cfg.data
     spec = get_dataset(data.name)
     for key, fact in (("num_classes", spec.num_classes), ("image_size", spec.image_size)):
         if data[key] != fact:
-            raise ConfigError(f"data.{key}={data[key]!r}: {spec.name} has {fact}; remove the override "
+            raise ConfigError(f"data.{key}={data[key]}: {spec.name} has {fact}; remove the override "
                               f"(it is a property of the dataset, set by data={spec.name})")
     model = cfg.get("model")
     if model is not None and model.get("num_classes") != spec.num_classes:
-        raise ConfigError(f"model.num_classes={model.get('num_classes')!r}: must equal data.num_classes="
+        raise ConfigError(f"model.num_classes={model.get('num_classes')}: must equal data.num_classes="
                           f"{spec.num_classes} for {spec.name} (presets use num_classes: ${{data.num_classes}})")
-    for key in ("train_images", "test_images"):
-        if not _is_int(data[key]) or data[key] <= 0:
-            raise ConfigError(f"data.{key}={data[key]!r}: must be a positive integer")
-    if not _is_int(data.val_size) or not 0 <= data.val_size < data.train_images:
-        raise ConfigError(f"data.val_size={data.val_size!r}: must be an integer in [0, data.train_images="
+    if not data.val_size < data.train_images:
+        raise ConfigError(f"data.val_size={data.val_size}: must be an integer in [0, data.train_images="
                           f"{data.train_images})")
-    if data.subset is not None and (not _is_int(data.subset) or data.subset <= 0):
-        raise ConfigError(f"data.subset={data.subset!r}: must be a positive number of images, or null for all")
-    if not _is_int(data.split_seed):
-        raise ConfigError(f"data.split_seed={data.split_seed!r}: must be an integer")
-    if not isinstance(data.download, bool):
-        raise ConfigError(f"data.download={data.download!r}: must be true or false")
     if (data.mean is None) != (data.std is None):
-        raise ConfigError(f"data.mean={data.mean} data.std={data.std}: give both (3 numbers each) or neither "
-                          f"(null: computed from the training images)")
-    for key in ("mean", "std") if data.mean is not None else ():
-        values = list(data[key]) if not isinstance(data[key], (str, int, float)) else None
-        if (values is None or len(values) != 3 or not all(isinstance(v, (int, float)) for v in values)
-                or (key == "std" and min(values) <= 0)):
-            raise ConfigError(f"data.{key}={data[key]}: must be 3 numbers, one per channel in [0, 1] units"
-                              f"{', each > 0' if key == 'std' else ''}, or null")
-    autoaugment_policy(data.autoaugment_policy)
+        raise ConfigError(f"data.mean={_show(data.mean)} data.std={_show(data.std)}: give both (3 numbers each) "
+                          f"or neither (null: computed from the training images)")
     return spec
+
+
+def _show(values):
+    return "null" if values is None else "[" + ",".join(f"{v:g}" for v in values) + "]"
 
 
 def check_available(data_cfg):

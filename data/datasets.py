@@ -57,5 +57,4 @@ def get_dataset(name) -> DatasetSpec:
     try:
         return DATASETS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"data.name={name!r}: unknown dataset, use one of {', '.join(DATASETS)} "
-                          f"(choose it with data=<name>)") from None
+        raise ConfigError(f"data.name={name}: use one of {', '.join(DATASETS)} (choose it with data=<name>)") from None

@@ -183,5 +183,5 @@ def test_autoaugment_follows_the_dataset_image_size(images):
 
 def test_unknown_autoaugment_policy_is_named():
     from errors import ConfigError
-    with pytest.raises(ConfigError, match="data.autoaugment_policy='cifar100': unknown policy, use one of"):
+    with pytest.raises(ConfigError, match="data.autoaugment_policy=cifar100: use one of cifar10, imagenet, svhn"):
         Augmentation(OmegaConf.create({"name": "none"}), policy="cifar100")

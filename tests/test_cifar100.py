@@ -15,13 +15,13 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-import train
 from data import DATASETS, DatasetError, check_available, class_names, load_dataset
 from data.datasets import CIFAR10, CIFAR100
 from errors import ConfigError
 from models import build_model
 from tests.conftest import REPO, compose_cfg, synthetic_images, write_cifar100, write_cifar100_file
 from tests.faultkit import MICRO_MODEL
+from training import app
 from training.gate import check_config
 
 
@@ -124,7 +124,7 @@ def test_one_epoch_on_synthetic_cifar100_logs_the_dataset(cifar100_root, mlflow_
                        "data.test_images=200", "data.val_size=100", *MICRO_MODEL, "trainer.epochs=1",
                        "trainer.batch_size=50", "trainer.device=cpu", "trainer.log_every=0", "mlflow.log_model=false",
                        "mlflow.log_curves=false", f"mlflow.tracking_uri=sqlite:///{mlflow_store}/mlflow.db"])
-    val_acc = train.train(cfg)
+    val_acc = app.run(cfg)
     assert 0.0 <= val_acc <= 1.0
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     [run] = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")

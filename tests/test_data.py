@@ -127,25 +127,24 @@ def test_shared_copy_is_real_cifar10():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.name=imagenet"], "data.name='imagenet': unknown dataset, use one of cifar10, cifar100"),
+    # each key alone: the schema (training/schema.py) knows the data keys
+    (["data.name=imagenet"], "data.name=imagenet: use one of cifar10, cifar100"),
+    (["data.autoaugment_policy=cifar100"], "data.autoaugment_policy=cifar100: use one of cifar10, imagenet, svhn"),
+    (["data.mean=[0.5,0.5]", "data.std=[0.2,0.2,0.2]"], "data.mean=[0.5,0.5]: must be a list of 3 numbers"),
+    (["data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0,0.2]"], "data.std=[0.2,0,0.2]: must be a list of 3 numbers"),
+    # across keys: data.check_data_config
     (["data.num_classes=100"], "data.num_classes=100: cifar10 has 10; remove the override"),
     (["data.image_size=64"], "data.image_size=64: cifar10 has 32"),
-    (["model.num_classes=5"], r"model.num_classes=5: must equal data.num_classes=10 for cifar10"),
-    (["data.val_size=50000"], r"data.val_size=50000: must be an integer in \[0, data.train_images=50000\)"),
-    (["data.val_size=-1"], r"data.val_size=-1: must be an integer in \[0,"),
-    (["data.subset=0"], "data.subset=0: must be a positive number of images, or null"),
-    (["data.test_images=0"], "data.test_images=0: must be a positive integer"),
-    (["data.mean=[0.5,0.5,0.5]"], "give both"),
-    (["data.mean=[0.5,0.5]", "data.std=[0.2,0.2,0.2]"], r"data.mean=\[0.5, 0.5\]: must be 3 numbers"),
-    (["data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0,0.2]"], r"data.std=\[0.2, 0, 0.2\]: .*each > 0"),
-    (["data.autoaugment_policy=cifar100"],
-     "data.autoaugment_policy='cifar100': unknown policy, use one of imagenet, cifar10, svhn"),
+    (["model.num_classes=5"], "model.num_classes=5: must equal data.num_classes=10 for cifar10"),
+    (["data.val_size=50000"], "data.val_size=50000: must be an integer in [0, data.train_images=50000)"),
+    (["data.mean=[0.5,0.5,0.5]"], "data.mean=[0.5,0.5,0.5] data.std=null: give both"),
 ])
 def test_bad_data_settings_fail_in_the_gate(overrides, message):
     from errors import ConfigError
     from training.gate import check_config
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as caught:
         check_config(compose_cfg(["model=tiny", *overrides]))
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
 def test_loaders_take_normalisation_and_policy_from_the_data_config(cifar_root, mlflow_store):

@@ -59,12 +59,12 @@ def history(url, run_id, key):
 
 
 def test_a_single_run_logged_to_the_server(server, data, tmp_path, monkeypatch):
-    import train
+    from training import app
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        val_acc = train.train(compose_cfg(tiny_overrides(data, server, epochs=2)
+        val_acc = app.run(compose_cfg(tiny_overrides(data, server, epochs=2)
                                           + ["mlflow.experiment=single", "mlflow.run_name=one-run",
                                              "mlflow.log_model=true"]))
     finally:

@@ -12,13 +12,15 @@ from errors import BudgetError, ConfigError
 from models import param_report
 from training.lr_range import check_settings
 from training.optim import build_optimizer, build_scheduler, fused_kernels
+from training.schema import validate
 
 TASKS = ("train", "lr_range_test")
 
 
 def check_config(cfg):
     """Everything that can be wrong with a config, checked in milliseconds. Returns the param report."""
-    check_data_config(cfg)  # first: the model's head and image size come from the dataset
+    validate(cfg)  # every key's type and range first: one line naming the key, the value and what is allowed
+    check_data_config(cfg)  # then the dataset: the model's head and image size come from it
     report = param_report(cfg)
     trainer = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size"):

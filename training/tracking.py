@@ -1,11 +1,22 @@
-"""MLflow: one place that opens the store, starts runs and logs what a run produced."""
+"""The one tracker: every MLflow call a training job makes goes through this module.
+
+`Tracker` opens the store, starts (or resumes) the run of one job, logs its params, per-epoch
+metrics, final metrics, tags and artifacts, and ends it. Beside the MLflow run it appends each
+epoch and the final result as JSON lines (`metrics.jsonl` in the job's output folder), so scripts
+read a run's numbers from a file instead of parsing printed lines. mlflow is imported lazily: the
+dry run and the config checks never pay for it.
+"""
+import json
 import os
 import socket
+import time
 import urllib.parse
 
 from omegaconf import OmegaConf
 
 from errors import TrackingError
+
+RECORDS_FILE = "metrics.jsonl"
 
 
 def flatten(cfg, prefix=""):
@@ -62,33 +73,133 @@ def open_store(uri, experiment):
         raise TrackingError(f"cannot open MLflow store {uri}: {err}") from err
 
 
-def start_run(cfg, num_params, experiment_id, run_id=None):
-    """Start (or resume, with run_id) the run for one training job; nested under a sweep's parent."""
-    import mlflow
-    tags = {"model": str(cfg.model.name), "num_params": str(num_params)}
-    parent = cfg.get("sweep", {}).get("parent_run_id") if cfg.get("sweep") else None
-    if parent:
-        tags["mlflow.parentRunId"] = str(parent)
-        tags["trial_number"] = str(cfg.sweep.trial_number)
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name(cfg), tags=tags)
-    if run_id is None:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        params = flatten({k: v for k, v in resolved.items() if k not in ("hydra", "sweep")})
-        params["num_params"] = num_params
-        for chunk in _chunks(list(params.items()), 100):
-            mlflow.log_params(dict(chunk))
-    return run
+def run_metrics(uri, run_id):
+    """The final metrics of a finished run in `uri` (KeyError-free: raises TrackingError)."""
+    from mlflow.tracking import MlflowClient
+    try:
+        return dict(MlflowClient(uri).get_run(run_id).data.metrics)
+    except Exception as err:
+        raise TrackingError(f"no MLflow run '{run_id}' in {uri} ({type(err).__name__})") from None
 
 
-def run_name(cfg):
-    if cfg.mlflow.get("run_name"):
-        return str(cfg.mlflow.run_name)
-    name = f"{cfg.model.name}-{cfg.optimizer.name}-{cfg.scheduler.name}"
-    if cfg.get("sweep") and cfg.sweep.get("trial_number") is not None:
-        name = f"trial-{cfg.sweep.trial_number}-{name}"
-    return name
+class Tracker:
+    """The MLflow side of one job: open, start or resume its run, log, end. One per job."""
+
+    def __init__(self, cfg, out_dir=None):
+        self.cfg = cfg
+        self.uri = str(cfg.mlflow.tracking_uri)
+        self.experiment = str(cfg.mlflow.experiment)
+        self.records = os.path.join(out_dir, RECORDS_FILE) if out_dir else None
+        self.run_id = None
+        self.experiment_id = None
+
+    # --- the store ---------------------------------------------------------------------------------
+    def check_reachable(self):
+        check_reachable(self.uri)
+
+    def open(self):
+        self.experiment_id = open_store(self.uri, self.experiment)
+        return self.experiment_id
+
+    def has_run(self, run_id):
+        import mlflow
+        try:
+            mlflow.MlflowClient(self.uri).get_run(run_id)
+            return True
+        except Exception:  # noqa: BLE001 - any answer but a run means "not in this store"
+            return False
+
+    # --- the run -----------------------------------------------------------------------------------
+    def start(self, num_params, run_id=None, run_name=None, tags=None, parent_run_id=None, trial_number=None):
+        """Start the job's run (or reopen run_id); nested under a sweep's parent run when there is one."""
+        import mlflow
+        all_tags = {"model": str(self.cfg.model.name), "num_params": str(num_params), **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = str(parent_run_id)
+            all_tags["trial_number"] = str(trial_number)
+        run = mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id,
+                               run_name=run_name or self.default_run_name(trial_number), tags=all_tags)
+        self.run_id = run.info.run_id
+        if run_id is None:
+            resolved = OmegaConf.to_container(self.cfg, resolve=True)
+            params = flatten({k: v for k, v in resolved.items() if k not in ("hydra", "sweep")})
+            params["num_params"] = num_params
+            items = list(params.items())
+            for start in range(0, len(items), 100):
+                mlflow.log_params(dict(items[start:start + 100]))
+        return self.run_id
+
+    def default_run_name(self, trial_number=None):
+        if self.cfg.mlflow.get("run_name"):
+            return str(self.cfg.mlflow.run_name)
+        name = f"{self.cfg.model.name}-{self.cfg.optimizer.name}-{self.cfg.scheduler.name}"
+        return f"trial-{trial_number}-{name}" if trial_number is not None else name
+
+    def resume(self, history, epoch):
+        """After reopening a run: log the epochs a checkpoint has but MLflow lacks (killed between saving
+        and logging), so the run ends with each epoch logged exactly once; clear an interrupted attempt's error."""
+        import mlflow
+        client = mlflow.MlflowClient()
+        logged = {m.step for m in client.get_metric_history(self.run_id, "train_loss")}
+        for row in history:
+            if row["epoch"] not in logged:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        if "error" in client.get_run(self.run_id).data.tags:
+            client.delete_tag(self.run_id, "error")
+        mlflow.set_tag("resumed_from_epoch", str(epoch))
+
+    def log_epoch(self, row):
+        """One epoch's metrics, at step = epoch, in MLflow and as a JSON line."""
+        import mlflow
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        self._record({"kind": "epoch", **row})
+
+    def log_metrics(self, metrics, step=None):
+        import mlflow
+        mlflow.log_metrics(metrics, step=step)
+
+    def log_final(self, metrics):
+        """The run's result (test accuracy, times), in MLflow and as the last JSON line."""
+        self.log_metrics(metrics)
+        self._record({"kind": "final", **metrics})
+
+    def log_curve(self, rows, keys, prefix):
+        """Many step-indexed values at once (a whole curve), in batches of 1,000."""
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{prefix}/{key}", float(row[key]), now, row["step"]) for row in rows for key in keys]
+        client = MlflowClient()
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+
+    def set_tags(self, tags):
+        import mlflow
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifacts(self, paths, folder=None):
+        import mlflow
+        for path in paths:
+            mlflow.log_artifact(path, folder)
+
+    def end(self, status="FINISHED", error=None):
+        """End the run; `error` (an exception) is kept as the run's `error` tag."""
+        import mlflow
+        if error is not None:
+            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+        mlflow.end_run(status=status)
+        if self.records and error is not None:
+            self._record({"kind": "end", "status": status, "error": f"{type(error).__name__}: {error}"[:1000]})
+
+    def _record(self, entry):
+        if not self.records:
+            return
+        os.makedirs(os.path.dirname(self.records), exist_ok=True)
+        with open(self.records, "a") as f:
+            f.write(json.dumps({"time": time.time(), **entry}) + "\n")
 
 
-def _chunks(items, size):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def read_records(path):
+    """The JSON lines a Tracker wrote: [{"kind": "epoch", "epoch": 1, ...}, ..., {"kind": "final", ...}]."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
