@@ -165,3 +165,21 @@ def test_loaders_take_normalisation_and_policy_from_the_data_config(cifar_root, 
         given_mean, given_std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.25, 0.2, 0.5])
         assert torch.allclose(loader.offset.flatten(), -given_mean / given_std)
         assert torch.allclose(loader.scale.flatten(), 1 / (given_std * 255))
+
+
+def test_every_data_group_file_agrees_with_its_spec(monkeypatch):
+    """conf/data/<name>.yaml ships the spec's facts (and its conventional AutoAugment policy) for each
+    registered dataset, and there is no group file without a spec."""
+    from pathlib import Path
+
+    from data import DATASETS
+    from tests.conftest import CONF_DIR
+    assert sorted(p.stem for p in (Path(CONF_DIR) / "data").glob("*.yaml")) == sorted(DATASETS)
+    for spec in DATASETS.values():
+        monkeypatch.delenv(spec.root_env, raising=False)
+        data = compose_cfg([f"data={spec.name}"]).data
+        assert (data.name, data.num_classes, data.image_size, data.train_images, data.test_images,
+                data.autoaugment_policy) == (spec.name, spec.num_classes, spec.image_size, spec.train_images,
+                                             spec.test_images, spec.autoaugment_policy)
+        monkeypatch.setenv(spec.root_env, "/elsewhere")
+        assert compose_cfg([f"data={spec.name}"]).data.root == "/elsewhere"
