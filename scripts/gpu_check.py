@@ -13,7 +13,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -142,13 +141,10 @@ def throughput(cfg, images, labels, device, precision, channels_last, compile_mo
     return {"images_per_s": steps * len(x) / elapsed, "warmup_s": warm_s, "batch_size": len(x), "steps": steps}
 
 
-def run_training(overrides, budget_s, log, workdir, use_shim):
-    """train.py recipe=fast as a child process; its lines are echoed, its metrics read back."""
+def run_training(overrides, budget_s, log, workdir):
+    """train.py recipe=fast as a child process; its lines are echoed (its metrics are read from the
+    run's metrics.jsonl afterwards)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    shim_log = Path(workdir) / "mlflow_shim.jsonl"
-    if use_shim:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "scripts" / "mlflow_shim"), env.get("PYTHONPATH")]))
-        env["GPU_CHECK_MLFLOW_LOG"] = str(shim_log)
     command = [sys.executable, str(ROOT / "train.py"), *overrides]
     log("$ " + " ".join(["python", "train.py", *overrides]))
     started = time.perf_counter()
@@ -170,20 +166,18 @@ def run_training(overrides, budget_s, log, workdir, use_shim):
     return process.returncode, lines, time.perf_counter() - started
 
 
-def parse_epochs(lines):
-    epochs, test = [], None
-    pattern = re.compile(r"^epoch (\d+)/(\d+) \| train loss ([\d.]+) acc ([\d.]+)%(?: \| val loss ([\d.]+) acc ([\d.]+)%)?"
-                         r".*?\| ([\d,]+) img/s")
-    for line in lines:
-        match = pattern.match(line)
-        if match:
-            epochs.append({"epoch": int(match[1]), "train_loss": float(match[3]), "train_acc": float(match[4]) / 100,
-                           "val_loss": float(match[5]) if match[5] else None,
-                           "val_acc": float(match[6]) / 100 if match[6] else None,
-                           "images_per_s": float(match[7].replace(",", ""))})
-        found = re.match(r"^test loss ([\d.]+) acc ([\d.]+)%", line)
-        if found:
-            test = {"test_loss": float(found[1]), "test_acc": float(found[2]) / 100}
+def read_epochs(run_dir):
+    """Per-epoch rows and the final result from the run's metrics.jsonl (training/tracking.py writes it)."""
+    from training.tracking import RECORDS_FILE, read_records
+    path = Path(run_dir) / RECORDS_FILE
+    if not path.is_file():
+        return [], None
+    records = read_records(path)
+    epochs = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_acc": r["train_acc"],
+               "val_loss": r.get("val_loss"), "val_acc": r.get("val_acc"), "images_per_s": r["images_per_sec"]}
+              for r in records if r["kind"] == "epoch"]
+    final = [r for r in records if r["kind"] == "final"]
+    test = {"test_loss": final[-1]["test_loss"], "test_acc": final[-1]["test_acc"]} if final else None
     return epochs, test
 
 
@@ -303,13 +297,6 @@ def main():
         f"probe {probe['images_per_s']:,.0f} img/s ({probe_precision}, eager) -> ~{epoch_s:.1f} s per epoch; "
         f"compile: x{speedup:.2f} for ~{compile_s:.0f} s -> {'on' if use_compile else 'off'} | {left:.0f} s left: "
         f"{epochs} epochs")
-    try:
-        import mlflow  # noqa: F401
-        use_shim = False
-    except ImportError:
-        use_shim = True
-        log("  MLflow is not installed here: train.py logs through scripts/mlflow_shim (JSON lines), "
-            "and the metrics below are parsed from train.py's own output")
     db = Path(workdir) / "mlflow.db"
     overrides = fast_overrides + [f"trainer.epochs={epochs}", f"trainer.compile={str(use_compile).lower()}",
                                   f"data.root={dataset_dir(CIFAR10, root).resolve()}",
@@ -317,12 +304,12 @@ def main():
                                   "mlflow.log_model=false", "trainer.log_every=0", f"hydra.run.dir={workdir}/run"]
     if device.type != "cuda":
         overrides.append("trainer.precision=fp32")  # CPU bf16 autocast is slow without AMX; the smoke checks the path
-    rc, lines, wall = run_training(overrides, deadline - time.time() + 30, log, workdir, use_shim)
-    epochs_seen, test = parse_epochs(lines)
+    rc, lines, wall = run_training(overrides, deadline - time.time() + 30, log, workdir)
+    epochs_seen, test = read_epochs(f"{workdir}/run")
     result["recipe_fast"] = {"overrides": overrides, "planned_epochs": epochs, "returncode": rc, "wall_s": wall,
                              "params": fast_report.total, "compile": use_compile, "probe": probe,
                              "epochs": epochs_seen, "test": test}
-    if not use_shim and rc == 0:
+    if rc == 0:
         result["recipe_fast"]["mlflow"] = read_mlflow_metrics(db)
     log(f"\nsummary: {gpu}")
     for name, rate in rates.items():

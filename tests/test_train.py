@@ -2,12 +2,15 @@ import subprocess
 import sys
 
 import mlflow
+import mlflow.pytorch
 import torch
 import pytest
 
 from errors import UserError
 from training import app
 from training.gate import check_config
+from training.tracking import read_records
+from models import param_report
 from tests.conftest import REPO, compose_cfg, small_data_overrides
 
 
@@ -35,7 +38,8 @@ def test_over_budget_fails_before_data_and_leaves_no_run(tmp_path, train_env):
     assert not (tmp_path / "store.db").exists()   # no MLflow store touched, so no run in it
 
 
-def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store):
+def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's default, 10 s, outlasts this run
     cfg = compose_cfg(["model=tiny", "trainer.epochs=3", "trainer.batch_size=50", "optimizer.lr=0.003",
                        *small_data_overrides(cifar_root, mlflow_store)])
     val_acc = app.run(cfg)
@@ -54,7 +58,18 @@ def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store):
     assert run.data.metrics["test_acc"] > 0.3            # learnable synthetic data, chance is 0.1
     assert run.data.metrics["final_val_acc"] == pytest.approx(val_acc)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "model"} <= artifacts
+    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "metrics.jsonl"} <= artifacts
+    # The network as an MLflow model: the run's model_uri tag loads it, normalised images in, logits out.
+    model = mlflow.pytorch.load_model(run.data.tags["model_uri"])
+    assert type(model).__name__ == "ResNet" and model(torch.randn(5, 3, 32, 32)).shape == (5, 10)
+    # System metrics (single runs: on by default), sampled in the background while the run was open.
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), sorted(run.data.metrics)
+    assert float(run.data.params["train_gflops"]) == pytest.approx(param_report(cfg).train_gflops, abs=1e-4)
+    # The same numbers as JSON lines beside the run, for scripts (no parsing of printed lines).
+    records = read_records(client.download_artifacts(run.info.run_id, "metrics.jsonl"))
+    assert [r["kind"] for r in records] == ["epoch"] * 3 + ["final"]
+    assert [r["train_loss"] for r in records[:3]] == pytest.approx(losses)
+    assert records[-1]["test_acc"] == pytest.approx(run.data.metrics["test_acc"])
 
 
 @pytest.mark.parametrize("override, message", [

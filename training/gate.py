@@ -67,3 +67,11 @@ def params_over_budget(cfg) -> float:
     """Parameters over budget.max_params."""
     report = check_config(cfg)
     return float(report.total - report.budget)
+
+
+def gflops_over_budget(cfg) -> float | None:
+    """Training GFLOP per image over budget.max_gflops; None when budget.max_gflops is null (no FLOPs budget)."""
+    report = check_config(cfg)
+    if report.max_gflops is None:
+        return None
+    return report.train_gflops - report.max_gflops

@@ -143,7 +143,7 @@ def run_range_test(cfg, report, out_dir):
     optimizer = build_optimizer(cfg, model, runtime.device.type)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
 
-    with RunContext(tracker, report.total) as run:
+    with RunContext(tracker, report) as run:
         tags = {"task": "lr_range_test"}
         if not cfg.mlflow.get("run_name"):
             tags["mlflow.runName"] = f"lr_range-{cfg.model.name}-{cfg.optimizer.name}"

@@ -1,6 +1,6 @@
 """One job's tracked run, from start to end, whatever ends it.
 
-    with RunContext(tracker, num_params, trial=..., checkpoint=...) as run:
+    with RunContext(tracker, report, trial=..., checkpoint_path=...) as run:
         ...train, log through run.tracker...
 
 On the way in it starts (or, resuming, reopens) the MLflow run. On the way out it closes it with
@@ -17,18 +17,20 @@ from training import checkpoint
 
 
 class RunContext:
-    def __init__(self, tracker, num_params, trial=None, resumed=None, checkpoint_path=None,
-                 keep_checkpoint=False):
-        self.tracker, self.num_params, self.trial = tracker, num_params, trial
+    def __init__(self, tracker, report, trial=None, resumed=None, checkpoint_path=None,
+                 keep_checkpoint=False, system_metrics=False):
+        self.tracker, self.count, self.trial = tracker, report, trial
         self.resumed, self.checkpoint_path, self.keep_checkpoint = resumed, checkpoint_path, keep_checkpoint
+        self.system_metrics = system_metrics
         self.run_id = None
 
     def __enter__(self):
         resumed = self.resumed
         trial = self.trial
         self.run_id = self.tracker.start(
-            self.num_params, run_id=resumed["mlflow_run_id"] if resumed else None,
-            parent_run_id=trial.parent_run_id if trial else None, trial_number=trial.number if trial else None)
+            self.count, run_id=resumed["mlflow_run_id"] if resumed else None,
+            parent_run_id=trial.parent_run_id if trial else None, trial_number=trial.number if trial else None,
+            system_metrics=self.system_metrics)
         if resumed:
             self.tracker.resume(resumed["history"], resumed["epoch"])
         return self

@@ -185,7 +185,8 @@ def schema():
     """The schema, built on demand so the registries (optimizers, blocks, ...) are their current selves."""
     from data.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES
     from data.datasets import DATASETS
-    from models.build import BLOCK_TYPES, K2_DESIGNS
+    from models.blocks import BLOCKS
+    from models.specs import K2_DESIGNS
     from training.lr_range import RULES
     from training.optim import OPTIMIZERS, SCHEDULERS
     from training.tasks import TASKS
@@ -193,7 +194,7 @@ def schema():
     dropout = Number(0, 1, high_open=True, null=True)  # null: no dropout layers (the paper's Table 1 row 8)
     positive = Number(0, low_open=True)
     layer = {
-        "block": Choice(*BLOCK_TYPES), "blocks": Int(1, hint="remove a layer with ~model.layers.NAME"),
+        "block": Choice(*BLOCKS), "blocks": Int(1, hint="remove a layer with ~model.layers.NAME"),
         "channels": Int(1), "dropout": dropout, "kernel_size": Int(1),
     }
     return {
@@ -228,7 +229,8 @@ def schema():
                     "ema_decay": Number(0, 1, True, True, null=True), "log_every": Int(0), "resume": Bool(),
                     "checkpoint_dir": WritableFolder(null=True), "keep_checkpoint": Bool()},
         "mlflow": {"tracking_uri": Text(), "experiment": Text(), "run_name": Text(null=True),
-                   "log_model": Bool(), "log_curves": Choice("auto", True, False)},
+                   "log_model": Bool(), "model_format": Choice("pickle", "pt2"),
+                   "system_metrics": Choice("auto", True, False), "log_curves": Choice("auto", True, False)},
         "dry_run": Bool(),
         "task": Choice(*TASKS),
         "lr_range": {"min_lr": positive, "max_lr": positive, "steps": Int(10, hint="a few hundred is typical"),

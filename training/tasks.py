@@ -35,6 +35,11 @@ def current_trial(cfg):
     return reporter
 
 
+def wants(setting):
+    """An auto | true | false setting: auto means single runs yes, sweep trials (multirun jobs) no."""
+    return setting is True or (setting == "auto" and not in_multirun())
+
+
 def format_time(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
@@ -56,8 +61,8 @@ def train(cfg, report):
     if resumed:
         checkpoint.restore(resumed, train_loader=train_loader, **learner.parts())
     trial = current_trial(cfg)
-    with RunContext(tracker, report.total, trial=trial, resumed=resumed, checkpoint_path=ckpt_path,
-                    keep_checkpoint=cfg.trainer.keep_checkpoint) as run:
+    with RunContext(tracker, report, trial=trial, resumed=resumed, checkpoint_path=ckpt_path,
+                    keep_checkpoint=cfg.trainer.keep_checkpoint, system_metrics=wants(cfg.mlflow.system_metrics)) as run:
         if resumed:
             print(f"resuming after epoch {resumed['epoch']} from {ckpt_path}", flush=True)
         print(f"{cfg.model.name}: {report.total:,} parameters | {len(train_loader.images):,} train / "
@@ -99,9 +104,7 @@ def train(cfg, report):
 
 
 def save_artifacts(cfg, tracker, model, history, report, out_dir):
-    """Resolved config, parameter table, epoch records, curves (single runs) and weights, to MLflow."""
-    import torch
-
+    """Resolved config, parameter table, epoch records, curves (single runs) and the model, to MLflow."""
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, "resolved_config.yaml")
     OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), config_path)
@@ -112,14 +115,13 @@ def save_artifacts(cfg, tracker, model, history, report, out_dir):
     # Multirun jobs (Optuna trials, grids) skip the PNG by default: drawing it was half a tiny trial's
     # overhead, and the MLflow UI charts the same per-epoch metrics (an Optuna sweep's parent run
     # gets the sweep's own plots).
-    if cfg.mlflow.log_curves is True or (cfg.mlflow.log_curves == "auto" and not in_multirun()):
+    if wants(cfg.mlflow.log_curves):
         from training.plots import training_curves
         paths.append(training_curves(history, os.path.join(out_dir, "training_curves.png"), title=str(cfg.model.name)))
     tracker.log_artifacts(paths)
     if cfg.mlflow.log_model:
-        weights = os.path.join(out_dir, "model_state_dict.pt")
-        torch.save(model.state_dict(), weights)
-        tracker.log_artifacts([weights], "model")
+        size = int(cfg.data.get("image_size", 32))
+        tracker.log_model(model, (3, size, size), serialization=str(cfg.mlflow.model_format))
 
 
 def lr_range_test(cfg, report):
