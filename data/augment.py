@@ -42,7 +42,7 @@ def warp(x, theta=None, shift=None, flip=None):
         # summed as its batched matmul does, x = (u a + v b) + c, then grid_sample's CPU
         # unnormalisation (x + 1) * (size / 2) - 0.5 and round half to even. Summed as
         # (u a + c) + v b instead, shears of 0.2 (SVHN policy) picked the neighbour of 0.1% of pixels.
-        # The two extra passes cost the simple policy ~7% of its augmentation time (6.1 vs 5.7 ms per
+        # The extra elementwise passes cost the simple policy ~7% of its augmentation time (6.1 vs 5.7 ms per
         # 1,024 images, median of 60 paired rounds on the 2-core CPU), AutoAugment ~3%.
         t = (theta.float() / theta.new_tensor([0.5 * w, 0.5 * h], dtype=torch.float32).view(1, 2, 1))
         t = t.view(n, 2, 3, 1, 1)
