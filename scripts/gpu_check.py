@@ -25,11 +25,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from data import channel_stats, load_cifar10  # noqa: E402
-from data.cifar10 import FOLDER, TEST_FILES, TRAIN_FILES, dataset_dir  # noqa: E402
+from data import channel_stats, dataset_dir, load_dataset  # noqa: E402
+from data.datasets import CIFAR10  # noqa: E402  (this check reads CIFAR-10: the md5 tables below are its files)
 from models import build_model, param_report  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
+FOLDER, TRAIN_FILES, TEST_FILES = CIFAR10.folder, CIFAR10.train_files, CIFAR10.test_files
 # md5 of the project's copy (../shared/cifar10) and of the official archive's files (torchvision's list).
 PROJECT_MD5 = {"data_batch_1": "bbb76f363417a999763dc51d075cb5cb", "data_batch_2": "1c2815e021ad55cde9cc13a6b6d59abe",
                "data_batch_3": "4e2d9f252efb3f70c772dd414b4bdc60", "data_batch_4": "bf027ff970ebb2b680514b83987cd535",
@@ -59,7 +60,7 @@ def md5(path):
 
 def describe_data(root, log):
     """Exactly which files the check reads: path, size, md5 and whose copy that md5 is."""
-    directory = dataset_dir(root).resolve()
+    directory = dataset_dir(CIFAR10, root).resolve()
     log(f"data: {directory}")
     files = []
     for name in TRAIN_FILES + TEST_FILES:
@@ -228,9 +229,9 @@ def main():
             f"class-coloured noise), CIFAR10_ROOT is not read")
     else:
         root = os.environ.get("CIFAR10_ROOT", ".gpudata")
-    result["data"] = {"root": str(dataset_dir(root).resolve()), "synthetic": args.smoke,
+    result["data"] = {"root": str(dataset_dir(CIFAR10, root).resolve()), "synthetic": args.smoke,
                       "files": describe_data(root, log)}
-    splits = load_cifar10(root, expected_train=len(TRAIN_FILES) * per_file if args.smoke else 50_000,
+    splits = load_dataset(CIFAR10, root, expected_train=len(TRAIN_FILES) * per_file if args.smoke else 50_000,
                           expected_test=per_file if args.smoke else 10_000)
     train_x, train_y = splits["train"]
     log(f"  loaded {len(train_x):,} training and {len(splits['test'][0]):,} test images")
@@ -298,7 +299,8 @@ def main():
         f"{epochs} epochs")
     db = Path(workdir) / "mlflow.db"
     overrides = fast_overrides + [f"trainer.epochs={epochs}", f"trainer.compile={str(use_compile).lower()}",
-                                  f"data.root={dataset_dir(root).resolve()}", f"mlflow.tracking_uri=sqlite:///{db}",
+                                  f"data.root={dataset_dir(CIFAR10, root).resolve()}",
+                                  f"mlflow.tracking_uri=sqlite:///{db}",
                                   "mlflow.log_model=false", "trainer.log_every=0", f"hydra.run.dir={workdir}/run"]
     if device.type != "cuda":
         overrides.append("trainer.precision=fp32")  # CPU bf16 autocast is slow without AMX; the smoke checks the path

@@ -38,9 +38,10 @@ def test_gpu_flag_without_gpu_is_a_clear_error(tmp_path, capsys):
 
 def test_gpu_switch_loops_build_on_cpu(cifar_root):
     """The GPU half's code path, minus CUDA: every variant's loop builds and steps (compile aside)."""
-    from benchmarks.common import cifar_images
+    from benchmarks.common import dataset_images
     from benchmarks.train_step import GPU_VARIANTS, ProjectLoop, make_loader
-    images, labels, _ = cifar_images(str(cifar_root))
+    from data.datasets import CIFAR10
+    images, labels, _ = dataset_images(CIFAR10, str(cifar_root))
     cfg = compose_cfg(["model=tiny"])
     device = torch.device("cpu")
     for name, (precision, channels_last, fused, compile_model) in GPU_VARIANTS.items():

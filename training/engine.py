@@ -11,27 +11,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data import Augmentation, DeviceLoader, channel_stats, load_cifar10, split_train_val
 from errors import DivergedError
 from models import build_model
 from training.optim import build_optimizer, build_scheduler
-
-
-def make_loaders(cfg, runtime):
-    """uint8 images on the training device; train/val split by a fixed seed; test kept apart."""
-    device, channels_last = runtime.device, runtime.channels_last
-    splits = load_cifar10(cfg.data.root, download_missing=cfg.data.download,
-                          expected_train=cfg.data.train_images, expected_test=cfg.data.test_images)
-    (train_x, train_y), (val_x, val_y) = split_train_val(*splits["train"], val_size=cfg.data.val_size,
-                                                         seed=cfg.data.split_seed, subset=cfg.data.subset)
-    mean, std = channel_stats(train_x)
-    common = dict(mean=mean, std=std, channels_last=channels_last)
-    train = DeviceLoader(train_x.to(device), train_y.to(device), cfg.trainer.batch_size, shuffle=True,
-                         drop_last=True, augment=Augmentation(cfg.augmentation), seed=cfg.trainer.seed, **common)
-    evaluation = dict(batch_size=cfg.trainer.eval_batch_size, **common)
-    val = DeviceLoader(val_x.to(device), val_y.to(device), **evaluation) if len(val_x) else None
-    test = DeviceLoader(splits["test"][0].to(device), splits["test"][1].to(device), **evaluation)
-    return train, val, test
 
 
 def tta_views(x, mode):

@@ -7,7 +7,7 @@ check is an invalid proposal, one that passes is measured against its budgets.
 """
 import torch
 
-from data import Augmentation
+from data import Augmentation, check_data_config
 from errors import BudgetError, ConfigError
 from models import param_report
 from training.lr_range import check_settings
@@ -20,6 +20,7 @@ TASKS = ("train", "lr_range_test")
 def check_config(cfg):
     """Everything that can be wrong with a config, checked in milliseconds. Returns the param report."""
     validate(cfg)  # every key's type and range first: one line naming the key, the value and what is allowed
+    check_data_config(cfg)  # then the dataset: the model's head and image size come from it
     report = param_report(cfg)
     trainer = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size"):

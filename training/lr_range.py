@@ -125,8 +125,8 @@ def run_range_test(cfg, report, out_dir):
     The same setup as training (training/engine.py, training/runtime.py), the same tracked run
     (training/run_context.py): only the optimizer steps differ.
     """
+    from data import make_loaders
     from models import build_model
-    from training.engine import make_loaders
     from training.optim import build_optimizer
     from training.run_context import RunContext
     from training.runtime import Runtime
@@ -137,7 +137,7 @@ def run_range_test(cfg, report, out_dir):
     tracker.check_reachable()
     runtime = Runtime.from_config(cfg.trainer).setup(cfg.trainer.seed)
     autocast, scaler = runtime.autocast(), runtime.grad_scaler()
-    train_loader, _, _ = make_loaders(cfg, runtime)
+    train_loader, _, _ = make_loaders(cfg, runtime.device, runtime.channels_last)
     tracker.open()  # after the data: nothing stored if it is missing
     model = runtime.prepare(build_model(cfg, device=runtime.device))
     optimizer = build_optimizer(cfg, model, runtime.device.type)

@@ -115,11 +115,12 @@ class Text(Rule):
 class Numbers(Rule):
     """A list of `length` numbers, each allowed by `item`."""
 
-    def __init__(self, length, item):
-        self.length, self.item = length, item
+    def __init__(self, length, item, null=False):
+        self.length, self.item, self.null = length, item, null
 
     def allowed(self):
-        return f"must be a list of {self.length} numbers, each one that {self.item.allowed().replace('must be ', 'is ')}"
+        return self._or_null(f"must be a list of {self.length} numbers, each one that "
+                             f"{self.item.allowed().replace('must be ', 'is ')}")
 
     def check(self, value):
         if not isinstance(value, (list, tuple)) or len(value) != self.length or any(self.item(v) for v in value):
@@ -182,7 +183,8 @@ def _names(registry):
 
 def schema():
     """The schema, built on demand so the registries (optimizers, blocks, ...) are their current selves."""
-    from data.augment import AUGMENTATIONS
+    from data.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES
+    from data.datasets import DATASETS
     from models.blocks import BLOCKS
     from models.specs import K2_DESIGNS
     from training.lr_range import RULES
@@ -214,8 +216,11 @@ def schema():
         "augmentation": {"name": Choice(*AUGMENTATIONS), "rotation_degrees": Number(0, 180), "crop_padding": Int(0),
                          "flip": Bool(), "cutout": Int(0)},
         "budget": {"max_params": Int(1), "max_gflops": Number(0, low_open=True, null=True)},
-        "data": {"root": Text(), "download": Bool(), "val_size": Int(0), "subset": Int(1, null=True),
-                 "split_seed": Int(0), "train_images": Int(1), "test_images": Int(1)},
+        "data": {"name": Choice(*DATASETS), "root": Text(), "download": Bool(), "val_size": Int(0),
+                 "subset": Int(1, null=True), "split_seed": Int(0), "train_images": Int(1), "test_images": Int(1),
+                 "num_classes": Int(1), "image_size": Int(1),
+                 "mean": Numbers(3, Number(0, 1), null=True), "std": Numbers(3, positive, null=True),
+                 "autoaugment_policy": Choice(*AUTOAUGMENT_POLICIES)},
         "trainer": {"epochs": Int(1), "batch_size": Int(1), "eval_batch_size": Int(1),
                     "device": Choice("auto", "cpu", "cuda"), "precision": Choice("fp32", "bf16", "fp16"),
                     "seed": Int(0), "label_smoothing": probability, "grad_clip": Number(0, low_open=True, null=True),

@@ -6,8 +6,9 @@ import time
 
 from omegaconf import OmegaConf
 
+from data import make_loaders
 from training import checkpoint
-from training.engine import Learner, make_loaders
+from training.engine import Learner
 from training.run_context import RunContext
 from training.runtime import Runtime
 from training.tracking import RECORDS_FILE, Tracker
@@ -52,7 +53,7 @@ def train(cfg, report):
     tracker = Tracker(cfg, out_dir)
     tracker.check_reachable()  # seconds, not MLflow's minutes of retries, and before the data
     runtime = Runtime.from_config(cfg.trainer).setup(cfg.trainer.seed)
-    train_loader, val_loader, test_loader = make_loaders(cfg, runtime)
+    train_loader, val_loader, test_loader = make_loaders(cfg, runtime.device, runtime.channels_last)
     tracker.open()  # a missing or damaged dataset stopped us above, before anything was written
     ckpt_path = checkpoint.checkpoint_path(cfg)
     resumed = checkpoint.load(ckpt_path, cfg, tracker) if cfg.trainer.resume else None
