@@ -183,3 +183,22 @@ def test_every_data_group_file_agrees_with_its_spec(monkeypatch):
                                              spec.test_images, spec.autoaugment_policy)
         monkeypatch.setenv(spec.root_env, "/elsewhere")
         assert compose_cfg([f"data={spec.name}"]).data.root == "/elsewhere"
+
+
+def test_each_loader_records_its_split_with_a_digest_of_exactly_its_images(cifar_root, mlflow_store):
+    from data import make_loaders
+    from data.build import digest
+    cfg = compose_cfg(["model=tiny", *small_data_overrides(cifar_root, mlflow_store)])
+    loaders = make_loaders(cfg, torch.device("cpu"), channels_last=False)
+    splits = [loader.split for loader in loaders]
+    assert [(s.name, s.context, len(s.images)) for s in splits] == [
+        ("train", "training", 400), ("val", "validation", 100), ("test", "test", 200)]
+    for loader, split in zip(loaders, splits):
+        assert torch.equal(loader.images.cpu(), split.images) and split.digest == digest(loader.images, loader.labels)
+    # Another split seed holds out other images: other digests; the same settings give the same ones.
+    other = make_loaders(compose_cfg(["model=tiny", *small_data_overrides(cifar_root, mlflow_store),
+                                      "data.split_seed=1"]), torch.device("cpu"), channels_last=False)
+    assert other[0].split.digest != splits[0].digest
+    assert other[2].split.digest == splits[2].digest  # the test set is the test set
+    again = make_loaders(cfg, torch.device("cpu"), channels_last=False)
+    assert [loader.split.digest for loader in again] == [s.digest for s in splits]

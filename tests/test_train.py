@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -62,6 +63,13 @@ def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store, 
     # The network as an MLflow model: the run's model_uri tag loads it, normalised images in, logits out.
     model = mlflow.pytorch.load_model(run.data.tags["model_uri"])
     assert type(model).__name__ == "ResNet" and model(torch.randn(5, 3, 32, 32)).shape == (5, 10)
+    # The exact images of each split, as MLflow dataset inputs.
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}
+    assert {d.name for d in inputs.values()} == {"cifar10-train", "cifar10-val", "cifar10-test"}
+    sizes = {context: json.loads(d.profile)["features_shape"][0] for context, d in inputs.items()}
+    assert sizes == {"training": 400, "validation": 100, "test": 200}
+    assert len({d.digest for d in inputs.values()}) == 3
     # System metrics (single runs: on by default), sampled in the background while the run was open.
     assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), sorted(run.data.metrics)
     assert float(run.data.params["train_gflops"]) == pytest.approx(param_report(cfg).train_gflops, abs=1e-4)

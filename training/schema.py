@@ -229,7 +229,7 @@ def schema():
                     "ema_decay": Number(0, 1, True, True, null=True), "log_every": Int(0), "resume": Bool(),
                     "checkpoint_dir": WritableFolder(null=True), "keep_checkpoint": Bool()},
         "mlflow": {"tracking_uri": Text(), "experiment": Text(), "run_name": Text(null=True),
-                   "log_model": Bool(), "model_format": Choice("pickle", "pt2"),
+                   "log_model": Bool(), "log_datasets": Bool(), "model_format": Choice("pickle", "pt2"),
                    "system_metrics": Choice("auto", True, False), "log_curves": Choice("auto", True, False)},
         "dry_run": Bool(),
         "task": Choice(*TASKS),

@@ -65,6 +65,8 @@ def train(cfg, report):
                     keep_checkpoint=cfg.trainer.keep_checkpoint, system_metrics=wants(cfg.mlflow.system_metrics)) as run:
         if resumed:
             print(f"resuming after epoch {resumed['epoch']} from {ckpt_path}", flush=True)
+        elif cfg.mlflow.log_datasets:
+            log_datasets(cfg, tracker, (train_loader, val_loader, test_loader))
         print(f"{cfg.model.name}: {report.total:,} parameters | {len(train_loader.images):,} train / "
               f"{len(val_loader.images) if val_loader else 0:,} val images | {runtime.device} {runtime.precision} | "
               f"mlflow run {run.run_id}", flush=True)
@@ -101,6 +103,13 @@ def train(cfg, report):
               f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
               flush=True)
     return history[-1]["val_acc"] if val_loader is not None else test_acc
+
+
+def log_datasets(cfg, tracker, loaders):
+    """The exact training, validation and test images of this run as MLflow dataset inputs."""
+    from data import check_available
+    splits = [loader.split for loader in loaders if loader is not None]
+    tracker.log_datasets(splits, str(cfg.data.name), source=check_available(cfg.data))
 
 
 def save_artifacts(cfg, tracker, model, history, report, out_dir):

@@ -178,6 +178,16 @@ class Tracker:
         for start in range(0, len(metrics), 1000):
             client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
 
+    def log_datasets(self, splits, dataset_name, source):
+        """Each split as an MLflow dataset input of this run: name `<dataset>-<split>`, the digest of its exact
+        images (data.build.Split), its sizes in the profile, context training / validation / test."""
+        import mlflow
+        import mlflow.data
+        for split in splits:
+            dataset = mlflow.data.from_numpy(split.images.numpy(), targets=split.labels.numpy(), source=str(source),
+                                             name=f"{dataset_name}-{split.name}", digest=split.digest)
+            mlflow.log_input(dataset, context=split.context)
+
     def log_model(self, model, image_shape, serialization="pickle"):
         """The trained network as an MLflow PyTorch model of this run, with its signature and an input example:
         a float batch (N, *image_shape) of normalised images -> (N, num_classes) logits. Sets the run tag
