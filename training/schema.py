@@ -203,7 +203,7 @@ def schema():
         "blocks": {"name": Text(), "bottleneck_reduction": Int(1), "k2_design": Choice(*K2_DESIGNS)},
         "model": {"name": Text(), "num_classes": Int(1), "width_mult": positive, "depth_mult": positive,
                   "dropout": dropout, "budget_note": Text(null=True, nonempty=False), "layers": Each(layer),
-                  "zero_init_residual": Bool(), "bn_momentum": Number(0, 1, low_open=True, high_open=True)},
+                  "zero_init_residual": Bool(), "bn_momentum": Number(0, 1, low_open=True)},
         "optimizer": {"name": Choice(*OPTIMIZERS), "lr": positive, "weight_decay": Number(0),
                       "betas": Numbers(2, probability), "momentum": probability, "nesterov": Bool(),
                       "decay_norm_and_bias": Bool(), "scale_lr_with_batch": Bool()},
