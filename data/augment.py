@@ -91,8 +91,12 @@ def random_flip(x, generator=None):
 
 
 def random_geometry(x, degrees, padding, flip, generator=None):
-    """RandomRotation(degrees), then RandomCrop(padding), then RandomHorizontalFlip, as one gather."""
-    if degrees <= 0 and padding <= 0 and not flip:
+    """RandomRotation(degrees), then RandomCrop(padding), then RandomHorizontalFlip, as one gather.
+
+    flip: True (each image mirrored with probability 1/2), False, or a bool tensor [N] saying which
+    images to mirror (the alternating flip: data/loader.py decides it per image and epoch)."""
+    given = torch.is_tensor(flip)
+    if degrees <= 0 and padding <= 0 and not (given or flip):
         return x
     n, device = x.shape[0], x.device
     theta = shift = mirror = None
@@ -100,7 +104,9 @@ def random_geometry(x, degrees, padding, flip, generator=None):
         theta = rotation_matrix((torch.rand(n, device=device, generator=generator) * 2 - 1) * degrees)
     if padding > 0:
         shift = torch.randint(-padding, padding + 1, (n, 2), device=device, generator=generator)
-    if flip:
+    if given:
+        mirror = flip.to(device=device, dtype=torch.bool)
+    elif flip:
         mirror = torch.rand(n, device=device, generator=generator) < 0.5
     return warp(x, theta, shift, mirror)
 
@@ -299,6 +305,7 @@ class BatchedAutoAugment:
 
 
 AUGMENTATIONS = ("none", "simple", "autoaugment")
+FLIPS = (True, False, "alternate")
 
 
 class Augmentation:
@@ -313,17 +320,27 @@ class Augmentation:
         if self.name not in AUGMENTATIONS:
             raise ValueError(f"augmentation.name='{self.name}' is unknown: use {', '.join(AUGMENTATIONS)}")
         self.crop_padding = int(cfg.get("crop_padding", 0))
-        self.flip = bool(cfg.get("flip", False))
+        flip = cfg.get("flip", False)
+        if not any(flip is option or (isinstance(option, str) and flip == option) for option in FLIPS):
+            raise ValueError(f"augmentation.flip={flip!r} is unknown: use true, false or alternate")
+        # alternate: each image mirrored in every other epoch (airbench's scheme); the loader says which, per
+        # image and epoch, through __call__'s `flip`. Every epoch still sees half of the images mirrored,
+        # but no image is shown the same way two epochs running.
+        self.flip = "alternate" if flip == "alternate" else bool(flip)
         self.rotation = float(cfg.get("rotation_degrees", 0))
         self.cutout = int(cfg.get("cutout", 0))
         self.policy = autoaugment_policy(policy)
         self.autoaugment = (BatchedAutoAugment(self.policy, (image_size, image_size)) if self.name == "autoaugment"
                             else None)
 
-    def __call__(self, x, generator=None):
+    def __call__(self, x, generator=None, flip=None):
+        """flip: which images to mirror (bool [N]), required with augmentation.flip=alternate."""
+        if self.flip == "alternate" and flip is None:
+            raise ValueError("augmentation.flip=alternate needs the images' flips (data.DeviceLoader gives them)")
         if self.autoaugment is not None:
             x = self.autoaugment(x, generator)
-        x = random_geometry(x, self.rotation, self.crop_padding, self.flip, generator)
+        x = random_geometry(x, self.rotation, self.crop_padding, flip if self.flip == "alternate" else self.flip,
+                            generator)
         if self.cutout:
             x = cutout(x, self.cutout, generator)
         return x

@@ -28,7 +28,10 @@ class DeviceLoader:
     Batches are prepared a chunk of about `chunk_images` at a time (a whole number of batches):
     on the CPU a chunk of ~1,000 CIFAR images still fits in cache and amortises each augmentation
     op's fixed cost over more images (AutoAugment ran 2x faster than batch by batch of 256).
-    Iterating twice gives two epochs with fresh shuffles and augmentations.
+    Iterating twice gives two epochs with fresh shuffles and augmentations; `epoch` counts the passes
+    begun (a resumed run sets it). With augmentation.flip=alternate, image i is mirrored in epoch e
+    exactly when bit i of a random draw made once from `seed` differs from e's parity: a random half
+    in the first epoch, then each image the other way round in every next one.
     """
 
     def __init__(self, images, labels, batch_size, mean, std, augment=None, shuffle=False,
@@ -45,6 +48,11 @@ class DeviceLoader:
         self.offset = (-mean / std).view(1, -1, 1, 1).to(images.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.generator = torch.Generator(device=images.device).manual_seed(seed)
+        self.epoch = 0
+        self.flip_bits = None
+        if augment is not None and augment.flip == "alternate":  # its own draw: the same bits after a resume
+            bits = torch.rand(len(images), generator=torch.Generator().manual_seed(seed)) < 0.5
+            self.flip_bits = bits.to(images.device)
 
     def __len__(self):
         n = len(self.images)
@@ -58,6 +66,8 @@ class DeviceLoader:
         n, steps, size = len(self.images), len(self), self.batch_size
         order = (torch.randperm(n, device=self.images.device, generator=self.generator) if self.shuffle
                  else torch.arange(n, device=self.images.device))
+        flips = self.flip_bits ^ bool(self.epoch % 2) if self.flip_bits is not None else None
+        self.epoch += 1
         for first in range(0, steps, self.batches_per_chunk):
             last = min(first + self.batches_per_chunk, steps)
             with one_cpu_thread(self.images.device):
@@ -65,7 +75,8 @@ class DeviceLoader:
                 # index_select, not images[index]: advanced indexing was 20x slower on the CPU
                 x = self.images.index_select(0, index)
                 if self.augment is not None:
-                    x = self.augment(x, self.generator)
+                    x = self.augment(x, self.generator,
+                                     flip=flips.index_select(0, index) if flips is not None else None)
                 x, y = self.normalize(x), self.labels.index_select(0, index)
             for start in range(0, len(index), size):
                 yield x[start:start + size], y[start:start + size]

@@ -117,3 +117,4 @@ def restore(state, *, model, optimizer, scheduler, scaler, ema, train_loader):
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
     train_loader.generator.set_state(state["rng_loader"])
+    train_loader.epoch = state["epoch"]  # one pass of the loader per epoch (the alternating flip reads its parity)

@@ -20,11 +20,44 @@ def param_groups(model, weight_decay, decay_norm_and_bias):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def per_1024_images(cfg):
+    """optimizer.per_1024_images: lr and weight_decay are stated per 1,024 training images (see base_lr and
+    weight_decay), so trainer.batch_size can change alone."""
+    setting = cfg.optimizer.get("per_1024_images", False)
+    if setting and cfg.optimizer.get("scale_lr_with_batch", False):
+        raise OptimConfigError("optimizer.per_1024_images=true and optimizer.scale_lr_with_batch=true both scale "
+                               "the lr with the batch: set one of them to false")
+    return bool(setting)
+
+
 def base_lr(cfg):
+    """The optimizer's (peak) lr for the configured batch, per mean-reduced loss.
+
+    scale_lr_with_batch: optimizer.lr is for a batch of 256 and scales linearly with the batch.
+    per_1024_images: optimizer.lr is for a batch of 1,024 and scales linearly with the batch, so every
+    1,024 images move the weights by the same amount whatever the batch size (to first order)."""
     lr = float(cfg.optimizer.lr)
     if cfg.optimizer.get("scale_lr_with_batch", False):
         lr *= cfg.trainer.batch_size / 256
+    elif per_1024_images(cfg):
+        lr *= cfg.trainer.batch_size / 1024
     return lr
+
+
+def weight_decay(cfg):
+    """The optimizer's weight_decay argument.
+
+    With optimizer.per_1024_images, optimizer.weight_decay is the fraction of each decayed weight that is
+    taken away per 1,024 training images at the peak lr, independent of the lr (as airbench states it):
+    torch's SGD and AdamW shrink a weight by lr_t * weight_decay_arg per step, so the argument is
+    weight_decay / optimizer.lr, and a step of B images at lr_t shrinks by weight_decay * B / 1024 * lr_t / lr
+    (the schedule scales the decay as it scales the lr). SGD's momentum then carries the decay like the
+    gradient, ~1 / (1 - momentum) times over; AdamW's decay is not touched by its moments.
+    Otherwise it is passed through as torch's weight_decay."""
+    value = float(cfg.optimizer.get("weight_decay", 0.0))
+    if per_1024_images(cfg) and value:
+        return value / float(cfg.optimizer.lr)
+    return value
 
 
 def fused_kernels(cfg, device_type):
@@ -38,23 +71,23 @@ def fused_kernels(cfg, device_type):
     return setting
 
 
-def build_optimizer(cfg, model, device_type, fused=None):
-    """fused: None = as trainer.fused_optimizer says."""
+def build_optimizer(cfg, model, device_type, fused=None, capturable=False):
+    """fused: None = as trainer.fused_optimizer says. capturable: Adam/AdamW keep their step counters on the
+    device so a CUDA graph can capture the whole step (training/graphs.py); SGD needs nothing for it."""
     name = str(cfg.optimizer.name)
     if name not in OPTIMIZERS:
         raise OptimConfigError(f"optimizer.name='{name}' is unknown: use one of {', '.join(OPTIMIZERS)}")
     lr = base_lr(cfg)
     if not lr > 0:
         raise OptimConfigError(f"optimizer.lr={lr} must be > 0")
-    groups = param_groups(model, float(cfg.optimizer.get("weight_decay", 0.0)),
-                          bool(cfg.optimizer.get("decay_norm_and_bias", False)))
+    groups = param_groups(model, weight_decay(cfg), bool(cfg.optimizer.get("decay_norm_and_bias", False)))
     fused = fused_kernels(cfg, device_type) if fused is None else fused
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.optimizer.momentum),
                                nesterov=bool(cfg.optimizer.nesterov), fused=fused or None)
     betas = tuple(cfg.optimizer.get("betas", (0.9, 0.999)))
     opt_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return opt_class(groups, lr=lr, betas=betas, fused=fused or None)
+    return opt_class(groups, lr=lr, betas=betas, fused=fused or None, capturable=capturable)
 
 
 def build_scheduler(cfg, optimizer, steps_per_epoch, epochs):
@@ -67,16 +100,7 @@ def build_scheduler(cfg, optimizer, steps_per_epoch, epochs):
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if name == "cosine":
-        # Short runs (quick checks, sweep trials) would spend most of their steps warming up: cap at 20%.
-        warmup = min(int(float(sched.warmup_epochs) * steps_per_epoch), int(0.2 * total))
-        floor = float(sched.min_lr_ratio)
-
-        def cosine(step):
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(sched, steps_per_epoch, total))
     if name == "onecycle":
         peak = float(sched.max_lr) if sched.get("max_lr") is not None else optimizer.defaults["lr"]
         return torch.optim.lr_scheduler.OneCycleLR(
@@ -90,6 +114,37 @@ def build_scheduler(cfg, optimizer, steps_per_epoch, epochs):
             step_size_up=max(1, int(float(sched.step_size_up_epochs) * steps_per_epoch)))
     step_size = max(1, int(sched.step_epochs) * steps_per_epoch)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=float(sched.gamma))
+
+
+DECAYS = ("cosine", "linear", "none")
+
+
+def warmup_then_decay(sched, steps_per_epoch, total):
+    """scheduler=cosine's factor of the peak lr at each step: a linear warmup, then a decay to a floor.
+
+    warmup: warmup_epochs of steps (capped at 20% of all steps: short runs, quick checks and sweep trials,
+    would spend most of their steps warming up), from warmup_start x peak (0: the first step is at
+    1/warmup of the peak) up to the peak. decay: cosine (default) | linear | none (stay at the peak), from the
+    peak down to min_lr_ratio x peak at the last step. The defaults (warmup_start 0, decay cosine) are this
+    schedule as it always was."""
+    warmup = min(int(float(sched.warmup_epochs) * steps_per_epoch), int(0.2 * total))
+    floor = float(sched.min_lr_ratio)
+    start = float(sched.get("warmup_start", 0.0))
+    decay = str(sched.get("decay", "cosine"))
+    if decay not in DECAYS:
+        raise OptimConfigError(f"scheduler.decay='{decay}' is unknown: use one of {', '.join(DECAYS)}")
+    if not 0 <= start <= 1:
+        raise OptimConfigError(f"scheduler.warmup_start={start}: use a number in [0, 1] (a fraction of the peak lr)")
+
+    def factor(step):
+        if step < warmup:
+            return start + (1 - start) * (step + 1) / warmup
+        if decay == "none":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
+        return floor + (1 - floor) * shape
+    return factor
 
 
 def cyclic_bounds(sched, tracking_uri=None):

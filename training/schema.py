@@ -183,12 +183,12 @@ def _names(registry):
 
 def schema():
     """The schema, built on demand so the registries (optimizers, blocks, ...) are their current selves."""
-    from data.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES
+    from data.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES, FLIPS
     from data.datasets import DATASETS
     from models.blocks import BLOCKS
     from models.specs import K2_DESIGNS
     from training.lr_range import RULES
-    from training.optim import OPTIMIZERS, SCHEDULERS
+    from training.optim import DECAYS, OPTIMIZERS, SCHEDULERS
     from training.tasks import TASKS
     probability = Number(0, 1, high_open=True)
     dropout = Number(0, 1, high_open=True, null=True)  # null: no dropout layers (the paper's Table 1 row 8)
@@ -206,15 +206,16 @@ def schema():
                   "zero_init_residual": Bool(), "bn_momentum": Number(0, 1, low_open=True)},
         "optimizer": {"name": Choice(*OPTIMIZERS), "lr": positive, "weight_decay": Number(0),
                       "betas": Numbers(2, probability), "momentum": probability, "nesterov": Bool(),
-                      "decay_norm_and_bias": Bool(), "scale_lr_with_batch": Bool()},
+                      "decay_norm_and_bias": Bool(), "scale_lr_with_batch": Bool(), "per_1024_images": Bool()},
         "scheduler": {"name": Choice(*SCHEDULERS), "warmup_epochs": Number(0), "min_lr_ratio": Number(0, 1),
+                      "warmup_start": Number(0, 1), "decay": Choice(*DECAYS),
                       "max_lr": Number(0, low_open=True, null=True), "pct_start": Number(0, 1, True, True),
                       "anneal_strategy": Choice("linear", "cos"), "div_factor": positive,
                       "final_div_factor": positive, "base_lr": positive, "step_size_up_epochs": positive,
                       "mode": Choice("triangular", "triangular2", "exp_range"),
                       "bounds_from": Text(null=True), "step_epochs": Int(1), "gamma": positive},
         "augmentation": {"name": Choice(*AUGMENTATIONS), "rotation_degrees": Number(0, 180), "crop_padding": Int(0),
-                         "flip": Bool(), "cutout": Int(0)},
+                         "flip": Choice(*FLIPS), "cutout": Int(0)},
         "budget": {"max_params": Int(1), "max_gflops": Number(0, low_open=True, null=True)},
         "data": {"name": Choice(*DATASETS), "root": Text(), "download": Bool(), "val_size": Int(0),
                  "subset": Int(1, null=True), "split_seed": Int(0), "train_images": Int(1), "test_images": Int(1),
