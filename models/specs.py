@@ -85,7 +85,7 @@ def layer_specs(model_cfg) -> tuple:
     width_mult = _positive_number(model_cfg.get("width_mult", 1.0), "model.width_mult")
     depth_mult = _positive_number(model_cfg.get("depth_mult", 1.0), "model.depth_mult")
     specs = []
-    for name, layer in layers_cfg.items():
+    for name, layer in used_layers(model_cfg, layers_cfg):
         where = f"model.layers.{name}"
         block = str(layer.block)
         block_class(block, f"{where}.block")
@@ -105,6 +105,19 @@ def layer_specs(model_cfg) -> tuple:
         specs.append(LayerSpec(str(name), block, max(1, round(blocks * depth_mult)),
                                scaled_channels(channels, width_mult), dropout, kernel))
     return tuple(specs)
+
+
+def used_layers(model_cfg, layers_cfg):
+    """(name, layer config) of the layers the model uses: the first model.num_layers of them (a search over the
+    depth of the network, as model=family does), or all of them when the key is absent or null."""
+    items = list(layers_cfg.items())
+    num_layers = model_cfg.get("num_layers")
+    if num_layers is None:
+        return items
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= len(items):
+        raise ModelConfigError(f"model.num_layers={num_layers!r}: use an integer from 1 to {len(items)} (the first "
+                               f"that many of model.layers: {', '.join(name for name, _ in items)}), or null for all")
+    return items[:num_layers]
 
 
 def block_choices(blocks_cfg):
