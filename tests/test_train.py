@@ -63,6 +63,8 @@ def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store, 
     # The network as an MLflow model: the run's model_uri tag loads it, normalised images in, logits out.
     model = mlflow.pytorch.load_model(run.data.tags["model_uri"])
     assert type(model).__name__ == "ResNet" and model(torch.randn(5, 3, 32, 32)).shape == (5, 10)
+    metadata = mlflow.models.get_model_info(run.data.tags["model_uri"]).metadata
+    assert metadata["dataset"] == "cifar10" and len(metadata["normalize_mean"]) == len(metadata["normalize_std"]) == 3
     # The exact images of each split, as MLflow dataset inputs.
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"training", "validation", "test"}

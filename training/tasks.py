@@ -98,7 +98,7 @@ def train(cfg, report):
         if val_loader is not None:
             final["final_val_acc"] = history[-1]["val_acc"]
         tracker.log_final(final)
-        save_artifacts(cfg, tracker, learner.evaluated, history, report, out_dir)
+        save_artifacts(cfg, tracker, learner.evaluated, history, report, out_dir, train_loader)
         print(f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | val acc "
               f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
               flush=True)
@@ -112,7 +112,7 @@ def log_datasets(cfg, tracker, loaders):
     tracker.log_datasets(splits, str(cfg.data.name), source=check_available(cfg.data))
 
 
-def save_artifacts(cfg, tracker, model, history, report, out_dir):
+def save_artifacts(cfg, tracker, model, history, report, out_dir, train_loader):
     """Resolved config, parameter table, epoch records, curves (single runs) and the model, to MLflow."""
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, "resolved_config.yaml")
@@ -130,7 +130,10 @@ def save_artifacts(cfg, tracker, model, history, report, out_dir):
     tracker.log_artifacts(paths)
     if cfg.mlflow.log_model:
         size = int(cfg.data.get("image_size", 32))
-        tracker.log_model(model, (3, size, size), serialization=str(cfg.mlflow.model_format))
+        # How to prepare images for it: the training split's per-channel statistics, in [0, 1] units.
+        metadata = {"dataset": str(cfg.data.name), "normalize_mean": [round(float(v), 6) for v in train_loader.mean],
+                    "normalize_std": [round(float(v), 6) for v in train_loader.std]}
+        tracker.log_model(model, (3, size, size), serialization=str(cfg.mlflow.model_format), metadata=metadata)
 
 
 def lr_range_test(cfg, report):

@@ -188,7 +188,7 @@ class Tracker:
                                              name=f"{dataset_name}-{split.name}", digest=split.digest)
             mlflow.log_input(dataset, context=split.context)
 
-    def log_model(self, model, image_shape, serialization="pickle"):
+    def log_model(self, model, image_shape, serialization="pickle", metadata=None):
         """The trained network as an MLflow PyTorch model of this run, with its signature and an input example:
         a float batch (N, *image_shape) of normalised images -> (N, num_classes) logits. Sets the run tag
         `model_uri` (models:/<id>), which mlflow.pytorch.load_model takes. Returns that URI.
@@ -212,7 +212,7 @@ class Tracker:
         extra = dict(code_paths=[os.path.join(here, "models"), os.path.join(here, "errors.py")]) \
             if serialization == "pickle" else {}
         info = mlflow.pytorch.log_model(cpu, name="model", signature=infer_signature(example, logits),
-                                        input_example=example, serialization_format=serialization,
+                                        input_example=example, serialization_format=serialization, metadata=metadata,
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], **extra)
         mlflow.set_tag("model_uri", info.model_uri)
         return info.model_uri
