@@ -13,8 +13,9 @@ from models import param_report
 from training.lr_range import check_settings
 from training.optim import build_optimizer, build_scheduler, fused_kernels
 from training.schema import validate
+from training.weights import check_weights_file
 
-TASKS = ("train", "lr_range_test")
+TASKS = ("train", "lr_range_test", "evaluate")
 
 
 def check_config(cfg):
@@ -41,6 +42,8 @@ def check_config(cfg):
         raise ConfigError(f"task='{cfg.task}' is unknown: use {' or '.join(TASKS)}")
     if cfg.task == "lr_range_test":
         check_settings(cfg.lr_range)
+    if cfg.task == "evaluate":
+        check_weights_file(cfg.evaluate.weights)
     try:
         Augmentation(cfg.augmentation)
     except ValueError as err:

@@ -1,17 +1,20 @@
-"""What a job does, by `task=`: train (the default) or the LR range test. Each starts from a config
-the gate has passed (training/gate.py) and returns the job's result."""
+"""What a job does, by `task=`: train (the default), the LR range test, or evaluate a weights file. Each
+starts from a config the gate has passed (training/gate.py) and returns the job's result."""
 import os
 import tempfile
 import time
+from dataclasses import replace
 
 from omegaconf import OmegaConf
 
 from data import make_loaders
+from models import build_model
 from training import checkpoint
 from training.engine import Learner
 from training.run_context import RunContext
 from training.runtime import Runtime
 from training.tracking import RECORDS_FILE, Tracker
+from training.weights import evaluate_exactly, load_into, read_weights, save_weights
 
 
 def output_dir():
@@ -97,12 +100,46 @@ def train(cfg, report):
                  "train_time": time.perf_counter() - started}
         if val_loader is not None:
             final["final_val_acc"] = history[-1]["val_acc"]
+        if cfg.trainer.save_weights:
+            final.update(store_weights(cfg, learner.evaluated, runtime, test_loader))
         tracker.log_final(final)
         save_artifacts(cfg, tracker, learner.evaluated, history, report, out_dir, train_loader)
         print(f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | val acc "
               f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
               flush=True)
     return history[-1]["val_acc"] if val_loader is not None else test_acc
+
+
+def store_weights(cfg, model, runtime, test_loader):
+    """trainer.save_weights: write the evaluated weights in fp16, then measure the file as task=evaluate would."""
+    from hydra.utils import to_absolute_path
+    path = to_absolute_path(str(cfg.trainer.save_weights))
+    size = save_weights(model, path)
+    stored = runtime.prepare(load_into(build_model(cfg), read_weights(path, "trainer.save_weights"), path,
+                                       "trainer.save_weights"))
+    _, stored_acc = evaluate_exactly(stored, test_loader, cfg.trainer.tta)
+    print(f"weights: {path} ({size / 1e6:.2f} MB, fp16) | test acc of the stored weights (fp32, TF32 off) "
+          f"{100 * stored_acc:.2f}%", flush=True)
+    return {"stored_test_acc": stored_acc, "weights_bytes": size}
+
+
+def evaluate(cfg, report):
+    """task=evaluate: the test accuracy of a weights file (evaluate.weights) for the model this config describes,
+    with the config's trainer.tta, in fp32 with TF32 off on whatever device there is. The weights are read and
+    fitted before any data; the last line printed is exactly `test_acc=0.XXXX`. It opens no MLflow run: it
+    is a read-only re-check that must run anywhere, and it would otherwise add a run to the store whose
+    numbers it checks."""
+    from hydra.utils import to_absolute_path
+    path = to_absolute_path(str(cfg.evaluate.weights))
+    model = load_into(build_model(cfg), read_weights(path), path)
+    runtime = replace(Runtime.from_config(cfg.trainer), precision="fp32").setup(cfg.trainer.seed)
+    model = runtime.prepare(model)
+    _, _, test_loader = make_loaders(cfg, runtime.device, runtime.channels_last)
+    _, test_acc = evaluate_exactly(model, test_loader, cfg.trainer.tta)
+    print(f"{cfg.model.name}: {report.total:,} parameters | weights {path} | {len(test_loader.images):,} test images, "
+          f"tta {cfg.trainer.tta} | {runtime.device} fp32", flush=True)
+    print(f"test_acc={test_acc:.4f}", flush=True)
+    return test_acc
 
 
 def log_datasets(cfg, tracker, loaders):
@@ -141,4 +178,4 @@ def lr_range_test(cfg, report):
     return run_range_test(cfg, report, output_dir())
 
 
-TASKS = {"train": train, "lr_range_test": lr_range_test}
+TASKS = {"train": train, "lr_range_test": lr_range_test, "evaluate": evaluate}
