@@ -43,57 +43,108 @@ def evaluate(model, loader, autocast, tta="none"):
     return loss_sum.item() / n, correct.item() / n
 
 
-def train_one_epoch(model, forward, loader, optimizer, scheduler, criterion, autocast, scaler, ema=None,
-                    grad_clip=None, log_every=0, epoch=1):
-    """One pass over `loader`; returns (mean loss, accuracy, images seen).
+class TrainStep:
+    """One optimizer step on a batch: forward, loss, backward, (gradient clipping), optimizer, EMA, and the
+    batch's loss and correct predictions summed into device tensors (`loss_sum`, `correct`: no host sync).
+    `graph_body` is the same step as a CUDA graph captures it (training/graphs.py)."""
+
+    def __init__(self, model, forward, optimizer, criterion, autocast, scaler, ema=None, grad_clip=None,
+                 graph_autocast=None):
+        self.model, self.forward, self.optimizer, self.criterion = model, forward, optimizer, criterion
+        self.autocast, self.scaler, self.ema, self.grad_clip = autocast, scaler, ema, grad_clip
+        self.graph_autocast = graph_autocast if graph_autocast is not None else autocast
+        self.device = next(model.parameters()).device
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+
+    def reset(self):
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def __call__(self, x, y):
+        self._step(x, y, self.autocast)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def graph_body(self, x, y):
+        """The step without a host sync: the EMA as the averaging it is once started (AveragedModel's first
+        update copies, and asks the host which update it is; the eager warm-up steps made that first one)."""
+        self._step(x, y, self.graph_autocast)
+        if self.ema is not None:
+            averaged = [(e, m) for e, m in zip(self._ema_tensors(self.ema.module), self._ema_tensors(self.model))
+                        if e.is_floating_point()]
+            self.ema.multi_avg_fn([e.detach() for e, _ in averaged], [m.detach() for _, m in averaged],
+                                  self.ema.n_averaged)
+            self.ema.n_averaged.add_(1)
+
+    def after_scheduler(self):
+        """Called after every scheduler step (the graphed step keeps its LR tensors in step here)."""
+
+    def _ema_tensors(self, module):
+        tensors = list(module.parameters())
+        return tensors + list(module.buffers()) if self.ema.use_buffers else tensors
+
+    def _step(self, x, y, autocast):
+        with autocast:
+            logits = self.forward(x)
+            loss = self.criterion(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.loss_sum += loss.detach() * len(y)
+        self.correct += (logits.argmax(1) == y).sum()
+
+
+def train_one_epoch(model, step, loader, scheduler, log_every=0, epoch=1):
+    """One pass over `loader` with `step` (a TrainStep, or training.graphs.GraphedStep around one); returns
+    (mean loss, accuracy, images seen).
 
     Loss and accuracy accumulate on the device: the only host syncs are the progress lines
     (every `log_every` steps) and the one at the end of the epoch.
     """
     model.train()
-    device = next(model.parameters()).device
     epoch_start, steps = time.perf_counter(), len(loader)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    step.reset()
     seen = 0
-    for step, (x, y) in enumerate(loader, 1):
-        with autocast:
-            logits = forward(x)
-            loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+    for index, (x, y) in enumerate(loader, 1):
+        step(x, y)
         scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        step.after_scheduler()
         seen += len(y)
-        if log_every and step % log_every == 0 and step < steps:
-            running = loss_sum.item() / seen  # the one sync per display line
+        if log_every and index % log_every == 0 and index < steps:
+            running = step.loss_sum.item() / seen  # the one sync per display line
             if not math.isfinite(running):
-                raise DivergedError(f"training loss became {running} at epoch {epoch}, step {step}")
+                raise DivergedError(f"training loss became {running} at epoch {epoch}, step {index}")
             rate = seen / (time.perf_counter() - epoch_start)
-            print(f"  epoch {epoch} step {step}/{steps} loss {running:.4f} {rate:,.0f} img/s", flush=True)
-    train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+            print(f"  epoch {epoch} step {index}/{steps} loss {running:.4f} {rate:,.0f} img/s", flush=True)
+    train_loss, train_acc = step.loss_sum.item() / seen, step.correct.item() / seen
     if not math.isfinite(train_loss):
         raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
     return train_loss, train_acc, seen
 
 
+def cuda_graphs_setting(trainer, device):
+    """trainer.cuda_graphs on this device: "auto" or True on CUDA (training/graphs.py), False elsewhere: on the
+    CPU the setting changes nothing."""
+    setting = trainer.get("cuda_graphs", False)
+    return setting if device.type == "cuda" and setting in ("auto", True) else False
+
+
 class Learner:
     """What trains: the model (on the runtime's device and memory format), optimizer, per-step
-    schedule, optional EMA of the weights, loss, and the compiled forward when asked for."""
+    schedule, optional EMA of the weights, loss, the compiled forward when asked for, and the step
+    (captured as a CUDA graph on a GPU, trainer.cuda_graphs)."""
 
     def __init__(self, cfg, runtime, steps_per_epoch, model=None):
         """model: an already built model to train (the benchmarks time copies of one); None = build it."""
         self.cfg, self.runtime = cfg, runtime
         self.model = runtime.prepare(model if model is not None else build_model(cfg, device=runtime.device))
-        self.optimizer = build_optimizer(cfg, self.model, runtime.device.type)
+        graphs = cuda_graphs_setting(cfg.trainer, runtime.device)
+        self.optimizer = build_optimizer(cfg, self.model, runtime.device.type, capturable=bool(graphs))
         self.scheduler = build_scheduler(cfg, self.optimizer, steps_per_epoch, cfg.trainer.epochs)
         self.scaler = runtime.grad_scaler()
         self.autocast = runtime.autocast()
@@ -104,6 +155,17 @@ class Learner:
                 use_buffers=True)
         self.forward = torch.compile(self.model) if cfg.trainer.compile else self.model
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+        self.step = TrainStep(self.model, self.forward, self.optimizer, self.criterion, self.autocast, self.scaler,
+                              self.ema, grad_clip=cfg.trainer.grad_clip, graph_autocast=runtime.autocast(cache=False))
+        if graphs:
+            from training.graphs import GraphedStep
+            self.step = GraphedStep(self.step, graphs, precision=runtime.precision,
+                                    fused=bool(self.optimizer.defaults.get("fused")))
+
+    @property
+    def graph_report(self):
+        """What became of trainer.cuda_graphs ({} when not on CUDA): on/off and why, with the step times."""
+        return dict(getattr(self.step, "report", {}))
 
     @property
     def evaluated(self):
@@ -119,12 +181,12 @@ class Learner:
         """One epoch; returns its row of metrics (train loss/accuracy, lr, images/s, time)."""
         start = time.perf_counter()
         trainer = self.cfg.trainer
-        loss, acc, seen = train_one_epoch(self.model, self.forward, loader, self.optimizer, self.scheduler,
-                                          self.criterion, self.autocast, self.scaler, self.ema,
-                                          grad_clip=trainer.grad_clip, log_every=trainer.log_every, epoch=epoch)
+        loss, acc, seen = train_one_epoch(self.model, self.step, loader, self.scheduler,
+                                          log_every=trainer.log_every, epoch=epoch)
         seconds = time.perf_counter() - start
-        return {"epoch": epoch, "train_loss": loss, "train_acc": acc, "lr": self.optimizer.param_groups[0]["lr"],
-                "images_per_sec": seen / seconds, "epoch_time": seconds}
+        return {"epoch": epoch, "train_loss": loss, "train_acc": acc,
+                "lr": float(self.optimizer.param_groups[0]["lr"]), "images_per_sec": seen / seconds,
+                "epoch_time": seconds}
 
     def evaluate(self, loader, tta="none"):
         return evaluate(self.evaluated, loader, self.autocast, tta=tta)

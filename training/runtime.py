@@ -39,11 +39,13 @@ class Runtime:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         return self
 
-    def autocast(self):
+    def autocast(self, cache=True):
+        """cache=False: no cache of the weights' low-precision copies, which a CUDA graph must not keep across
+        captures (torch's advice for graphed autocast regions); the same arithmetic."""
         dtype = DTYPES[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=cache)
 
     def grad_scaler(self):
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")

@@ -227,6 +227,7 @@ def schema():
                     "device": Choice("auto", "cpu", "cuda"), "precision": Choice("fp32", "bf16", "fp16"),
                     "seed": Int(0), "label_smoothing": probability, "grad_clip": Number(0, low_open=True, null=True),
                     "channels_last": Choice("auto", True, False), "compile": Bool(),
+                    "cuda_graphs": Choice("auto", True, False),
                     "fused_optimizer": Choice("auto", True, False), "tta": Choice("none", "flip", "flip_shift"),
                     "ema_decay": Number(0, 1, True, True, null=True), "log_every": Int(0), "resume": Bool(),
                     "checkpoint_dir": WritableFolder(null=True), "keep_checkpoint": Bool(),

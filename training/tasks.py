@@ -74,6 +74,7 @@ def train(cfg, report):
               f"{len(val_loader.images) if val_loader else 0:,} val images | {runtime.device} {runtime.precision} | "
               f"mlflow run {run.run_id}", flush=True)
         history = resumed["history"] if resumed else []
+        graphs_reported = False
         started = time.perf_counter() - (resumed["elapsed"] if resumed else 0.0)
         epochs = cfg.trainer.epochs
         for epoch in range(len(history) + 1, epochs + 1):
@@ -87,6 +88,7 @@ def train(cfg, report):
                 cfg, **learner.parts(), train_loader=train_loader, history=history, run_id=run.run_id,
                 elapsed=time.perf_counter() - started))
             tracker.log_epoch(row)
+            graphs_reported = report_graphs(learner, tracker, graphs_reported)
             elapsed = time.perf_counter() - started
             val_text = f" | val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if val_loader else ""
             print(f"epoch {epoch}/{epochs} | train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
@@ -108,6 +110,20 @@ def train(cfg, report):
               f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
               flush=True)
     return history[-1]["val_acc"] if val_loader is not None else test_acc
+
+
+def report_graphs(learner, tracker, reported):
+    """Once trainer.cuda_graphs has decided (CUDA only, within the first epoch or so): print it, and log it as
+    the tag cuda_graphs ("on: ..." / "off: <why>") and the measured step times as metrics."""
+    report = learner.graph_report
+    if reported or not report or report["cuda_graphs"] == "pending":
+        return reported
+    print(f"cuda graphs {report['cuda_graphs']}", flush=True)
+    tracker.set_tags({"cuda_graphs": report["cuda_graphs"]})
+    numbers = {k: float(v) for k, v in report.items() if k != "cuda_graphs"}
+    if numbers:
+        tracker.log_metrics(numbers)
+    return True
 
 
 def store_weights(cfg, model, runtime, test_loader):

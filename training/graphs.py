@@ -1,0 +1,187 @@
+"""The whole training step as one CUDA graph: `trainer.cuda_graphs` (auto | true | false).
+
+Why: on an H100, model=final's eager step took ~30 ms at batch 256 and at batch 512 alike (README
+"Performance"): ~1,300 kernels a step, each launched from Python, so the GPU waited on the CPU. A CUDA
+graph launches all of a step's kernels at once. The step (forward, loss, backward, gradient clipping,
+the fused optimizer, the EMA of the weights, the running loss and accuracy) is captured once with
+torch.cuda.graph and replayed for every later batch; only copying the batch in and the scheduler's LR
+stay outside it. No torch.compile is needed (its compile time would come out of short runs); with
+trainer.compile=true the compiled forward is captured the same way.
+
+How a run goes: the first `warmup` steps run eagerly on a side stream (cudnn picks its kernels, the
+optimizer makes its state; the last ones are timed), the next step is captured and replayed, and the
+`trial` steps after it are timed. `auto` keeps the graph only if a replayed step is faster than an
+eager one; `true` keeps it regardless. Every step is a real training step: nothing is repeated or undone.
+What makes it capturable: static shapes (the training loader drops the short last batch), the LR held
+in a device tensor per parameter group that the scheduler fills in place, the optimizer's fused kernels
+(capturable Adam/AdamW), autocast without its weight cache, no host sync anywhere in the step.
+
+Falls back to the eager step (and says why in `report`, which training prints and logs) when: not on
+CUDA (the CPU path is untouched: this class is never built there), fp16 (GradScaler syncs every step),
+optimizer kernels that are not fused, the capture raising, or `auto` measuring no gain. A batch of
+another shape runs eagerly without ending the graph.
+
+What differs from the eager step, both immaterial: the EMA's BatchNorm batch counters
+(num_batches_tracked, unused with a fixed BN momentum, which the schema requires) are not averaged in
+the graph; and the random numbers of dropout come from the graph's own Philox offsets.
+ONLY A GPU RUN CAN CONFIRM the speed and the capture itself; tests/test_graphs.py runs this whole
+state machine on the CPU with a stand-in capture that replays the recorded step eagerly, and checks
+that it trains exactly as the eager step does.
+"""
+import contextlib
+import time
+
+import torch
+
+
+class CudaCapture:
+    """Records a step into a torch.cuda.CUDAGraph; `replay()` runs it."""
+
+    def __init__(self, device):
+        self.device = device
+        self.graph = None
+
+    @contextlib.contextmanager
+    def side_stream(self):
+        """Eager warm-up steps run on a side stream (what the capture API asks for), ordered with the default one."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            yield
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+
+    def capture(self, body):
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            body()
+
+    def replay(self):
+        self.graph.replay()
+
+    def synchronize(self):
+        torch.cuda.synchronize(self.device)
+
+    def release(self):
+        self.graph = None
+
+
+class GraphedStep:
+    """Wraps an engine.TrainStep: the same call, `step(x, y)`, served by a captured graph once it is ready."""
+
+    def __init__(self, step, setting="auto", capture=None, warmup=3, trial=3, min_gain=1.03, precision="fp32",
+                 fused=True):
+        self.step, self.setting = step, setting
+        self.capturer = capture or CudaCapture(step.device)
+        self.warmup, self.trial, self.min_gain = max(2, warmup), max(1, trial), min_gain
+        self.calls = 0
+        self.mode = "warmup"  # warmup -> trial -> graph | eager
+        self.static = None
+        self.lr_tensors = None
+        self.eager_s = self.graph_s = self.capture_s = None
+        self.report = {"cuda_graphs": "pending"}
+        reason = ("fp16 needs GradScaler, which syncs with the host every step" if precision == "fp16" else
+                  "the optimizer's kernels are not fused (trainer.fused_optimizer=false)" if not fused else None)
+        if reason:
+            self._eager(reason)
+
+    # the engine's TrainStep interface -------------------------------------------------------------
+    @property
+    def loss_sum(self):
+        return self.step.loss_sum
+
+    @property
+    def correct(self):
+        return self.step.correct
+
+    def reset(self):
+        self.step.reset()
+
+    def after_scheduler(self):
+        """The scheduler assigned a new LR; while a graph holds the LR tensors, make sure they carry it."""
+        if self.lr_tensors is None:
+            return
+        for group, tensor in zip(self.step.optimizer.param_groups, self.lr_tensors):
+            if group["lr"] is not tensor:  # a scheduler that assigns instead of filling in place
+                tensor.fill_(float(group["lr"]))
+                group["lr"] = tensor
+
+    def __call__(self, x, y):
+        self.calls += 1
+        if self.calls == 1:  # a resumed optimizer may hold the LR tensors of a graphed run's checkpoint
+            for group in self.step.optimizer.param_groups:
+                group["lr"] = float(group["lr"])
+        if self.mode == "eager":
+            return self.step(x, y)
+        if self.static is not None and (x.shape != self.static[0].shape or y.shape != self.static[1].shape
+                                        or x.stride() != self.static[0].stride()):
+            return self.step(x, y)  # a batch of another shape: eagerly (the fused kernels take the LR tensor)
+        if self.mode == "warmup":
+            return self._warmup_step(x, y)
+        self.static[0].copy_(x)
+        self.static[1].copy_(y)
+        if self.mode == "trial":
+            return self._trial_step()
+        self.capturer.replay()
+
+    # the stages --------------------------------------------------------------------------------------
+    def _warmup_step(self, x, y):
+        if self.calls > self.warmup:  # warm: this batch is the one captured (and then trained by the replay)
+            self.static = (x.clone(), y.clone())  # clone keeps channels_last: these are the graph's inputs
+            return self._capture()
+        if self.calls == 2:  # the first step picks cudnn's kernels and makes the optimizer's state: not timed
+            self.capturer.synchronize()
+            self._eager_start = time.perf_counter()
+        with self.capturer.side_stream():
+            self.step(x, y)
+        if self.calls == self.warmup:
+            self.capturer.synchronize()
+            self.eager_s = (time.perf_counter() - self._eager_start) / (self.warmup - 1)
+
+    def _capture(self):
+        optimizer = self.step.optimizer
+        self.lr_tensors = [torch.tensor(float(g["lr"]), device=self.step.device) for g in optimizer.param_groups]
+        for group, tensor in zip(optimizer.param_groups, self.lr_tensors):
+            group["lr"] = tensor
+        started = time.perf_counter()
+        try:
+            self.capturer.capture(lambda: self.step.graph_body(*self.static))
+        except Exception as err:  # noqa: BLE001 - whatever refuses capture: train on eagerly and say why
+            self.capturer.release()
+            self._eager(f"capture failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+            return self.step(*self.static)  # capturing ran nothing: the batch is trained eagerly, no step lost
+        self.capturer.synchronize()
+        self.capture_s = time.perf_counter() - started
+        self.mode = "trial"
+        self._trial_started = None
+        self._trial_steps = 0
+        self.capturer.replay()  # capturing recorded the step; this runs it on the captured batch
+
+    def _trial_step(self):
+        if self._trial_started is None:
+            self.capturer.synchronize()
+            self._trial_started = time.perf_counter()
+        self.capturer.replay()
+        self._trial_steps += 1
+        if self._trial_steps == self.trial:
+            self.capturer.synchronize()
+            self.graph_s = (time.perf_counter() - self._trial_started) / self.trial
+            gain = self.eager_s / self.graph_s
+            timing = (f"step {1e3 * self.graph_s:.1f} ms replayed vs {1e3 * self.eager_s:.1f} ms eager "
+                      f"({gain:.2f}x), capture {self.capture_s:.1f} s")
+            self.report.update(cuda_graph_step_ms=1e3 * self.graph_s, eager_step_ms=1e3 * self.eager_s,
+                               cuda_graph_capture_s=self.capture_s)
+            if self.setting is True or gain >= self.min_gain:
+                self.mode = "graph"
+                self.report["cuda_graphs"] = f"on: {timing}"
+            else:
+                self.capturer.release()
+                self._eager(f"no gain: {timing}")
+
+    def _eager(self, reason):
+        """From now on the plain eager step; the LR goes back to a Python number (one sync, once)."""
+        self.mode = "eager"
+        if self.lr_tensors is not None:
+            for group in self.step.optimizer.param_groups:
+                group["lr"] = float(group["lr"])
+            self.lr_tensors = None
+        self.report["cuda_graphs"] = f"off: {reason}"
