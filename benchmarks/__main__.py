@@ -1,7 +1,8 @@
 """python -m benchmarks [--quick] [--gpu] [--only SECTION ...]: print a table, write JSON.
 
     make bench                         # everything, CPU, a few minutes
-    python -m benchmarks --gpu         # plus the GPU half (train step with each speed switch)
+    python -m benchmarks --gpu         # plus the GPU half (train step with each speed switch, CUDA graphs)
+    python -m benchmarks --gpu --only graphs   # eager fp32 vs CUDA graphs, model=final and recipe=fast, batch 512
     python -m benchmarks --quick       # seconds: tiny sizes, for the smoke test
     python -m benchmarks --data cifar100 --only data train   # another dataset (default: the config's)
 
@@ -23,16 +24,18 @@ from benchmarks.common import dataset_images, machine
 from data import DATASETS, get_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("budget", "data", "train", "overhead")
+SECTIONS = ("budget", "data", "train", "graphs", "overhead")
+# graphs (--gpu only): the CUDA-graph comparison, eager fp32 vs graphed, for these models at batch 512.
+GRAPH_MODELS = {"model=final (5x5 stem)": ["model=final"], "recipe=fast (3x3 stem)": ["recipe=fast"]}
 
 FULL = dict(data=dict(batch_size=256, conventional_images=4096, ours_images=50_000, rounds=5),
             # Many short rounds: single rounds scatter by +-15% on a shared machine; their median holds.
             train={"tiny": dict(batch_size=64, steps=4), "final": dict(batch_size=32, steps=1)}, train_rounds=25,
-            gpu=dict(batch_size=256, steps=20, rounds=5),
+            gpu=dict(batch_size=256, steps=20, rounds=5), graphs=dict(batch_size=512, steps=20, rounds=5),
             overhead=dict(trials=8, train_per_file=10_000, test=1_000), budget_repeats=20, budget_control=True)
 QUICK = dict(data=dict(batch_size=32, conventional_images=64, ours_images=256, rounds=1, workers=0),
              train={"tiny": dict(batch_size=8, steps=2)}, train_rounds=1,
-             gpu=dict(batch_size=8, steps=2, rounds=1),
+             gpu=dict(batch_size=8, steps=2, rounds=1), graphs=dict(batch_size=8, steps=8, rounds=1),
              overhead=dict(trials=2, train_per_file=100, test=100, subset=64, val_size=64), budget_repeats=2,
              budget_control=False)
 
@@ -53,7 +56,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds); numbers mean nothing")
     parser.add_argument("--gpu", action="store_true", help="also the GPU half: model=final with each speed switch")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="sections to run")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS,
+                        help="sections to run (graphs: with --gpu only)")
     parser.add_argument("--data", choices=sorted(DATASETS), help="dataset (default: the config's data group)")
     parser.add_argument("--root", help="dataset folder (default: data.root of the config; random images of the "
                                        "same shape when absent)")
@@ -76,7 +80,7 @@ def main(argv=None):
                           "rss_growth_mb", "weights_would_be_mb", "real_build_rss_growth_mb"]))
         print(out[-1], flush=True)
 
-    needs_images = {"data", "train"} & set(args.only)
+    needs_images = {"data", "train"} & set(args.only) or (args.gpu and "graphs" in args.only)
     data_overrides = [f"data={args.data}"] if args.data else []
     images = labels = source = data_cfg = None
     if needs_images:
@@ -112,6 +116,20 @@ def main(argv=None):
             out.append(table(f"GPU switches ({results['machine'].get('gpu')}): model=final, project loop", rows,
                              ["variant", "batch_size", "images_per_sec", "speedup_vs_fp32"]))
             print(out[-1], flush=True)
+
+    if "graphs" in args.only and args.gpu:
+        gpu = settings["graphs"]
+        rows = []
+        for label, overrides in GRAPH_MODELS.items():
+            rows += train_step.bench_gpu_switches(compose_cfg([*overrides, *data_overrides]), images, labels,
+                                                  gpu["batch_size"], gpu["steps"], gpu["rounds"],
+                                                  variants=train_step.GRAPH_VARIANTS)
+        results["gpu_graphs"] = rows
+        out.append(table(f"CUDA graphs ({results['machine'].get('gpu')}): project loop, batch {gpu['batch_size']}; "
+                         f"warm-up (incl. capture) apart", rows,
+                         ["model", "stem", "variant", "images_per_sec", "speedup_vs_fp32", "warmup_s", "capture_s",
+                          "cuda_graphs"]))
+        print(out[-1], flush=True)
 
     if "overhead" in args.only:
         with tempfile.TemporaryDirectory() as workdir:

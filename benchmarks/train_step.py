@@ -4,11 +4,13 @@ project loop also runs with the per-tensor optimizer loop a plain loop gets by d
 the loop's own overhead) and, on the CPU, on one thread instead of torch's default.
 
 On a GPU, also the project loop with each speed switch (bf16 autocast, channels_last, fused
-optimizer, torch.compile) against its fp32 baseline, all in the same run.
+optimizer, torch.compile, CUDA graphs) against its fp32 baseline, all in the same run; and the CUDA-graph
+comparison at batch 512 for model=final and recipe=fast's model (the two stems).
 """
 import contextlib
 import copy
 import io
+import time
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +22,18 @@ from models import build_model
 from training.engine import Learner
 from training.runtime import Runtime
 
-GPU_VARIANTS = {  # name: (precision, channels_last, fused optimizer, compile)
-    "fp32": ("fp32", False, False, False),
-    "bf16": ("bf16", False, False, False),
-    "channels_last": ("fp32", True, False, False),
-    "fused_optimizer": ("fp32", False, True, False),
-    "bf16+channels_last+fused": ("bf16", True, True, False),
-    "all+compile": ("bf16", True, True, True),
+GPU_VARIANTS = {  # name: (precision, channels_last, fused optimizer, compile, CUDA graphs)
+    "fp32": ("fp32", False, False, False, False),
+    "bf16": ("bf16", False, False, False, False),
+    "channels_last": ("fp32", True, False, False, False),
+    "fused_optimizer": ("fp32", False, True, False, False),
+    "bf16+channels_last+fused": ("bf16", True, True, False, False),
+    "all+compile": ("bf16", True, True, True, False),
+    "bf16+channels_last+fused+graphs": ("bf16", True, True, False, True),
 }
+# The CUDA-graph comparison (issue 11 point 1): the eager fp32 baseline, the same switches eagerly, and graphed.
+GRAPH_VARIANTS = {name: GPU_VARIANTS[name] for name in ("fp32", "bf16+channels_last+fused",
+                                                        "bf16+channels_last+fused+graphs")}
 
 
 def make_loader(images, labels, device, batch_size, steps, channels_last=False):
@@ -40,13 +46,14 @@ def make_loader(images, labels, device, batch_size, steps, channels_last=False):
 class ProjectLoop:
     """Everything train.py does per step: the engine's Learner (training/engine.py) on a Runtime."""
 
-    def __init__(self, cfg, model, loader, device, precision="fp32", fused=None, compile=False, threads=None):
+    def __init__(self, cfg, model, loader, device, precision="fp32", fused=None, compile=False, threads=None,
+                 graphs=False):
         self.loader, self.device, self.threads = loader, device, threads
         # A progress line at least once per measured window (train.py's default is every 50 steps).
         log_every = max(1, min(int(cfg.trainer.log_every or 50), len(loader) // 2))
         cfg = copy.deepcopy(cfg)
         for key, value in {"trainer.epochs": 10_000, "trainer.log_every": log_every, "trainer.compile": compile,
-                           "trainer.precision": precision,
+                           "trainer.precision": precision, "trainer.cuda_graphs": graphs,
                            "trainer.fused_optimizer": "auto" if fused is None else fused}.items():
             OmegaConf.update(cfg, key, value)
         runtime = Runtime(torch.device(device), precision, channels_last=False)  # the loader sets the memory format
@@ -114,22 +121,33 @@ def bench_loop(cfg, images, labels, device, batch_size, steps, rounds):
     return {**row, "rounds": result}
 
 
-def bench_gpu_switches(cfg, images, labels, batch_size, steps, rounds, variants=GPU_VARIANTS):
-    """The project loop on CUDA with each switch; speedups relative to fp32 measured in the same rounds."""
-    device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True  # as train.py does on cuda
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    loops = {}
-    for name, (precision, channels_last, fused, compile) in variants.items():
+def bench_gpu_switches(cfg, images, labels, batch_size, steps, rounds, variants=GPU_VARIANTS, device="cuda"):
+    """The project loop on CUDA with each switch; speedups relative to fp32 measured in the same rounds.
+    Each variant's two warm-up epochs are timed apart (`warmup_s`: compilation, the CUDA graph's warm-up and
+    capture; `capture_s`: the capture alone) and left out of its images/s."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as train.py does on cuda
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    loops, warmups = {}, {}
+    for name, (precision, channels_last, fused, compile, graphs) in variants.items():
         model = build_model(cfg, device=device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         loader = make_loader(images, labels, device, batch_size, steps, channels_last)
-        loops[name] = ProjectLoop(cfg, model, loader, device, precision, fused=fused, compile=compile)
-        loops[name]()  # warm-up (and compilation)
+        loops[name] = ProjectLoop(cfg, model, loader, device, precision, fused=fused, compile=compile, graphs=graphs)
+        started = time.perf_counter()
+        loops[name]()  # warm-up (and compilation, and the graph's capture)
         loops[name]()
+        warmups[name] = time.perf_counter() - started
     result = interleaved(loops, rounds)
-    return [{"variant": name, "model": str(cfg.model.name), "batch_size": batch_size,
-             "images_per_sec": round(result[name]["images_per_sec"], 1),
-             "speedup_vs_fp32": round(paired_ratio(result, name, "fp32"), 2) if "fp32" in result else None,
-             "rounds": result[name]["rounds"]} for name in loops]
+    rows = []
+    for name, loop in loops.items():
+        report = loop.learner.graph_report
+        rows.append({"variant": name, "model": str(cfg.model.name), "stem": str(cfg.stem.name), "batch_size": batch_size,
+                     "images_per_sec": round(result[name]["images_per_sec"], 1),
+                     "speedup_vs_fp32": round(paired_ratio(result, name, "fp32"), 2) if "fp32" in result else None,
+                     "warmup_s": round(warmups[name], 2),
+                     "capture_s": round(report["cuda_graph_capture_s"], 2) if "cuda_graph_capture_s" in report else "",
+                     "cuda_graphs": report.get("cuda_graphs", ""), "rounds": result[name]["rounds"]})
+    return rows

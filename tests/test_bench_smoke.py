@@ -44,15 +44,28 @@ def test_gpu_switch_loops_build_on_cpu(cifar_root):
     images, labels, _ = dataset_images(CIFAR10, str(cifar_root))
     cfg = compose_cfg(["model=tiny"])
     device = torch.device("cpu")
-    for name, (precision, channels_last, fused, compile_model) in GPU_VARIANTS.items():
+    for name, (precision, channels_last, fused, compile_model, graphs) in GPU_VARIANTS.items():
         if compile_model:
             continue
         model = build_model(cfg, device=device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         loop = ProjectLoop(cfg, model, make_loader(images, labels, device, 4, 1, channels_last), device,
-                           precision, fused=False)
+                           precision, fused=False, graphs=graphs)
         assert loop() == 4, name
+
+
+def test_gpu_graph_comparison_rows_on_cpu(cifar_root):
+    """The CUDA-graph section's table, minus CUDA (graphs are a no-op on the CPU): one row per variant and model."""
+    from benchmarks.common import dataset_images
+    from benchmarks.train_step import GRAPH_VARIANTS, bench_gpu_switches
+    from data.datasets import CIFAR10
+    images, labels, _ = dataset_images(CIFAR10, str(cifar_root))
+    variants = {k: ("fp32",) + v[1:] for k, v in GRAPH_VARIANTS.items()}  # no bf16 on this CPU
+    rows = bench_gpu_switches(compose_cfg(["model=tiny", "stem=conv3x3"]), images, labels, 4, 2, 1, variants=variants,
+                              device="cpu")
+    assert [r["variant"] for r in rows] == list(GRAPH_VARIANTS) and all(r["images_per_sec"] > 0 for r in rows)
+    assert rows[0]["speedup_vs_fp32"] == 1.0 and rows[0]["stem"] == "conv3x3" and rows[-1]["cuda_graphs"] == ""
 
 
 @pytest.mark.parametrize("overrides", [["model=final"], ["model=final", "model.width_mult=3.2"]])
