@@ -35,7 +35,7 @@ FULL = dict(data=dict(batch_size=256, conventional_images=4096, ours_images=50_0
             overhead=dict(trials=8, train_per_file=10_000, test=1_000), budget_repeats=20, budget_control=True)
 QUICK = dict(data=dict(batch_size=32, conventional_images=64, ours_images=256, rounds=1, workers=0),
              train={"tiny": dict(batch_size=8, steps=2)}, train_rounds=1,
-             gpu=dict(batch_size=8, steps=2, rounds=1), graphs=dict(batch_size=8, steps=8, rounds=1),
+             gpu=dict(batch_size=8, steps=2, rounds=1), graphs=dict(batch_size=4, steps=4, rounds=1),
              overhead=dict(trials=2, train_per_file=100, test=100, subset=64, val_size=64), budget_repeats=2,
              budget_control=False)
 
@@ -57,7 +57,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds); numbers mean nothing")
     parser.add_argument("--gpu", action="store_true", help="also the GPU half: model=final with each speed switch")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS,
-                        help="sections to run (graphs: with --gpu only)")
+                        help="sections to run (graphs: with --gpu, or when named here)")
     parser.add_argument("--data", choices=sorted(DATASETS), help="dataset (default: the config's data group)")
     parser.add_argument("--root", help="dataset folder (default: data.root of the config; random images of the "
                                        "same shape when absent)")
@@ -80,7 +80,10 @@ def main(argv=None):
                           "rss_growth_mb", "weights_would_be_mb", "real_build_rss_growth_mb"]))
         print(out[-1], flush=True)
 
-    needs_images = {"data", "train"} & set(args.only) or (args.gpu and "graphs" in args.only)
+    # The graphs section runs with --gpu, or on whatever device there is when asked for by name (--only graphs:
+    # scripts/gpu_eval.sh --smoke runs it on the CPU, where CUDA graphs are a no-op and the numbers mean little).
+    run_graphs = "graphs" in args.only and (args.gpu or args.only is not SECTIONS)
+    needs_images = {"data", "train"} & set(args.only) or run_graphs
     data_overrides = [f"data={args.data}"] if args.data else []
     images = labels = source = data_cfg = None
     if needs_images:
@@ -117,15 +120,18 @@ def main(argv=None):
                              ["variant", "batch_size", "images_per_sec", "speedup_vs_fp32"]))
             print(out[-1], flush=True)
 
-    if "graphs" in args.only and args.gpu:
+    if run_graphs:
         gpu = settings["graphs"]
+        variants = train_step.GRAPH_VARIANTS
+        if device == "cpu":  # bf16 autocast is slow on most CPUs (and a CPU run only checks the path): fp32
+            variants = {name: ("fp32",) + switches[1:] for name, switches in variants.items()}
         rows = []
         for label, overrides in GRAPH_MODELS.items():
             rows += train_step.bench_gpu_switches(compose_cfg([*overrides, *data_overrides]), images, labels,
                                                   gpu["batch_size"], gpu["steps"], gpu["rounds"],
-                                                  variants=train_step.GRAPH_VARIANTS)
+                                                  variants=variants, device=device)
         results["gpu_graphs"] = rows
-        out.append(table(f"CUDA graphs ({results['machine'].get('gpu')}): project loop, batch {gpu['batch_size']}; "
+        out.append(table(f"CUDA graphs ({results['machine'].get('gpu', 'no GPU: ' + device)}): project loop, batch {gpu['batch_size']}; "
                          f"warm-up (incl. capture) apart", rows,
                          ["model", "stem", "variant", "images_per_sec", "speedup_vs_fp32", "warmup_s", "capture_s",
                           "cuda_graphs"]))
