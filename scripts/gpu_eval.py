@@ -1,0 +1,358 @@
+"""The whole GPU evaluation in one run (scripts/gpu_eval.sh runs this; README "On a GPU").
+
+In order, deciding nothing in between (each step's choices are computed from what the steps before
+measured):
+  1. the data: every batch file's path, size and md5;
+  2. throughput: `python -m benchmarks --gpu --only graphs`, eager fp32 against bf16 + channels_last +
+     fused optimizer, eagerly and as a CUDA graph, for model=final (5x5 stem) and recipe=fast's model
+     (3x3 stem), batch 512; trials_per_device for the sweep follows from it (choose_trials_per_device);
+  3. a real `train.py -m hydra/sweeper=optuna hydra/sweeper/search=family` sweep (Optuna, MLflow, the
+     sweeper's device pool with several trials on the GPU at once) at a short fixed schedule with
+     recipe=short, within a time slot;
+  4. the sweep's best architecture trained with recipe=short on all 50,000 training images for a time
+     budget (epochs sized from a measured probe), its weights saved in fp16 and measured as stored;
+  5. the paper's final model (model=final) with the same recipe for the same time;
+  6. the summary: summary.json and summary.md (a table), the weights, the MLflow store (with the Optuna
+     study) packed, and this log, under --out ($OUT on the GPU machine); summary.json and the weights
+     also under --results (results/gpu_eval/ in the repository).
+--smoke runs the same path on a CPU with tiny settings (synthetic CIFAR-format data, tiny schedules).
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from gpu_check import describe_data, write_smoke_data  # noqa: E402  (scripts/ is this script's folder)
+
+STUDY = "gpu-eval-family"
+EXPERIMENT = "gpu-eval"
+RECIPE = "recipe=short"
+# The sweep: the family space within 2 training GFLOP per image (the final model: 1.06), so that every trial
+# is short and the winner can run many epochs in the final's time; a short fixed schedule.
+SWEEP = ["hydra/sweeper=optuna", "hydra/sweeper/search=family", "model=family", RECIPE,
+         "+hydra.sweeper.constraints.gflops._target_=training.gate.gflops_over_budget"]
+FULL = dict(budget=540.0, sweep_share=0.32, sweep_epochs=3, sweep_trials=16, probe_steps=12, probe_rounds=2,
+            final_overhead_s=35.0, summary_s=10.0, sweep_overrides=["budget.max_gflops=2"])
+SMOKE = dict(sweep_epochs=1, sweep_trials=2, probe_steps=2, probe_rounds=1,
+             overrides=["trainer.precision=fp32", "trainer.batch_size=32", "data.subset=64", "trainer.tta=flip",
+                        "trainer.eval_batch_size=256"],
+             sweep_overrides=["budget.max_gflops=0.3", "data.val_size=64"], final_epochs=1)
+
+
+class Log:
+    def __init__(self, path):
+        self.file = open(path, "w")
+
+    def __call__(self, text=""):
+        print(text, flush=True)
+        self.file.write(text + "\n")
+        self.file.flush()
+
+
+def config(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf")):
+        return compose("config", overrides=list(overrides))
+
+
+def run_logged(command, log, deadline=None, env=None):
+    """Run a child process (its own process group), echo its lines; at `deadline` interrupt it like Ctrl-C
+    (the sweeper closes its runs as KILLED) and kill it 30 s later. Returns (exit code, seconds, stopped)."""
+    log("$ " + " ".join(str(c) for c in command))
+    started = time.time()
+    process = subprocess.Popen([str(c) for c in command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    stopped = False
+
+    def watchdog():
+        nonlocal stopped
+        while process.poll() is None:
+            if deadline is not None and time.time() > deadline and not stopped:
+                stopped = True
+                os.killpg(process.pid, signal.SIGINT)
+                kill_at = time.time() + 30
+                while process.poll() is None and time.time() < kill_at:
+                    time.sleep(0.5)
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+            time.sleep(0.5)
+
+    import threading
+    threading.Thread(target=watchdog, daemon=True).start()
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        if "Warning" in line or line.lstrip().startswith("warnings.warn") or "version_base" in line:
+            continue
+        log("  | " + line)
+    process.wait()
+    if stopped:
+        log(f"  (stopped at the end of its time slot, after {time.time() - started:.0f} s)")
+    return process.returncode, time.time() - started, stopped
+
+
+def choose_trials_per_device(rows):
+    """Trials at once on the one GPU, from the throughput step. With the step captured as a CUDA graph the GPU is
+    busy while a trial trains, so two trials are enough to keep it fed through each other's start-up,
+    validation and logging; if the graph did not win (eager, launch-bound steps leave the GPU idle), as many
+    trials as an eager step leaves the GPU idle for, between 2 and 4."""
+    graphed = [r for r in rows if r["variant"].endswith("+graphs")]
+    if graphed and all(str(r.get("cuda_graphs", "")).startswith("on") for r in graphed):
+        return 2, "CUDA graphs on for both models: the GPU is busy during a trial's steps"
+    eager = {r["model"] + r["stem"]: r["images_per_sec"] for r in rows if r["variant"] == "bf16+channels_last+fused"}
+    fp32 = {r["model"] + r["stem"]: r["images_per_sec"] for r in rows if r["variant"] == "fp32"}
+    ratios = [eager[k] / fp32[k] for k in eager if k in fp32 and fp32[k]]
+    k = max(2, min(4, round(2 / min(ratios)) if ratios else 3))
+    return k, "CUDA graphs not on: eager steps leave the GPU idle, so more trials share it"
+
+
+def best_trial(storage, study_name):
+    """(params, value, number, counts) of the study's best trained trial; params None if none trained."""
+    import optuna
+    try:
+        trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # the sweep stopped before it made its study
+        return None, None, None, {"none": "the sweep made no study"}
+    counts = {}
+    for t in trials:
+        kind = "infeasible" if t.user_attrs.get("infeasible") else t.state.name.lower()
+        counts[kind] = counts.get(kind, 0) + 1
+    trained = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None
+               and not t.user_attrs.get("infeasible")]
+    if not trained:
+        return None, None, None, counts
+    best = max(trained, key=lambda t: t.value)
+    return dict(best.params), best.value, best.number, counts
+
+
+def probe_images_per_sec(overrides, images, labels, device, steps, rounds):
+    """The training step's images/s for this config (its precision, memory format, CUDA graphs), measured
+    like the benchmark measures it; the model and its memory are released afterwards."""
+    from benchmarks.train_step import bench_gpu_switches
+    cfg = config(overrides)
+    trainer = cfg.trainer
+    channels_last = device.type == "cuda" if trainer.channels_last == "auto" else bool(trainer.channels_last)
+    variant = {"as trained": (str(trainer.precision), channels_last, True, bool(trainer.compile),
+                              trainer.cuda_graphs if device.type == "cuda" else False)}
+    batch = int(trainer.batch_size)
+    rate = bench_gpu_switches(cfg, images[:batch * steps], labels[:batch * steps], batch, steps, rounds,
+                              variants=variant, device=str(device))[0]["images_per_sec"]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rate
+
+
+def read_run(run_dir):
+    from training.tracking import RECORDS_FILE, read_records
+    path = Path(run_dir) / RECORDS_FILE
+    if not path.is_file():
+        return [], None
+    records = read_records(path)
+    final = [r for r in records if r["kind"] == "final"]
+    return [r for r in records if r["kind"] == "epoch"], (final[-1] if final else None)
+
+
+def describe(params):
+    """The architecture in the paper's notation: [[Block,blocks,channels,dropout], ...] and the stem."""
+    if not params:
+        return "model=family as given"
+    layers = [f"[{params[f'model.layers.layer{i}.block'].capitalize()},{params[f'model.layers.layer{i}.blocks']},"
+              f"{params[f'model.layers.layer{i}.channels']},{params[f'model.layers.layer{i}.dropout']}]"
+              for i in range(1, int(params["model.num_layers"]) + 1)]
+    return f"[{','.join(layers)}], {params['stem']} stem"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="the same path on a CPU with tiny settings")
+    parser.add_argument("--budget", type=float, help="seconds for the whole run from gpu_eval.sh's start (default 540)")
+    parser.add_argument("--data", default=os.environ.get("CIFAR10_ROOT", str(ROOT / ".gpu_eval" / "data")),
+                        help="the folder holding cifar-10-batches-py/ (default: what gpu_eval.sh unpacked)")
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu_eval_out"))
+    parser.add_argument("--results", help="where summary.json and the weights go (default results/gpu_eval; "
+                                          "--smoke: <out>/results)")
+    args = parser.parse_args(argv)
+    settings = {**FULL, **(SMOKE if args.smoke else {})}
+    started = float(os.environ.get("GPU_EVAL_STARTED") or time.time())
+    budget = args.budget or settings["budget"]
+    deadline = started + budget
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results) if args.results else (out / "results" if args.smoke else ROOT / "results" / "gpu_eval")
+    results.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "gpu_eval.log")
+    work = Path(tempfile.mkdtemp(prefix="gpu_eval_"))
+    store = work / "store"
+    store.mkdir()
+    tracking = f"sqlite:///{store / 'mlflow.db'}"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)) + " UTC", "smoke": args.smoke}
+
+    # 0. where this runs, with which packages (the real ones, installed from the carried wheels)
+    import alembic
+    import hydra
+    import mlflow
+    import optuna
+    import sqlalchemy
+    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none (CPU)"
+    summary["environment"] = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
+                              "python": sys.version.split()[0], "mlflow": mlflow.__version__,
+                              "optuna": optuna.__version__, "hydra": hydra.__version__,
+                              "sqlalchemy": sqlalchemy.__version__, "alembic": alembic.__version__}
+    log(f"gpu_eval {'(smoke) ' if args.smoke else ''}{summary['started']} | {gpu} | budget {budget:.0f} s | "
+        + " ".join(f"{k} {v}" for k, v in summary["environment"].items() if k not in ("gpu",)))
+
+    # 1. the data
+    data_overrides = []
+    if args.smoke:
+        root = work / "smoke_data"
+        per_file = write_smoke_data(root)
+        data_overrides = [f"data.train_images={5 * per_file}", f"data.test_images={per_file}"]
+        log(f"--smoke: synthetic CIFAR-10-format data ({5 * per_file:,} train / {per_file} test images)")
+    else:
+        root = Path(args.data)
+    summary["data"] = {"root": str(Path(root).resolve()), "files": describe_data(root, log)}
+    from data import load_dataset
+    from data.datasets import CIFAR10
+    splits = load_dataset(CIFAR10, root, expected_train=5 * per_file if args.smoke else 50_000,
+                          expected_test=per_file if args.smoke else 10_000)
+    images, labels = splits["train"]
+    data_root = f"data.root={Path(root).resolve()}"
+    common = [*data_overrides, *settings.get("overrides", [])]  # what every run here adds (smoke: tiny settings)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CIFAR10_ROOT=str(Path(root).resolve()))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    mlflow.set_tracking_uri(tracking)
+    mlflow.create_experiment(EXPERIMENT, artifact_location=str(store / "artifacts"))
+    tracked = [f"mlflow.tracking_uri={tracking}", f"mlflow.experiment={EXPERIMENT}", "mlflow.log_model=false",
+               "trainer.log_every=0"]
+
+    # 2. throughput: eager vs CUDA graphs, both stems
+    log("\n(1) training throughput: eager fp32 against bf16 + channels_last + fused optimizer, eagerly and as a "
+        "CUDA graph (warm-up and capture timed apart)")
+    bench_json = out / "bench.json"
+    bench = [sys.executable, "-m", "benchmarks", "--only", "graphs", "--root", str(root), "--out", str(bench_json)]
+    bench += ["--gpu"] if device.type == "cuda" else []
+    bench += ["--quick"] if args.smoke else []
+    rc, seconds, _ = run_logged(bench, log, env=env)
+    rows = json.loads(bench_json.read_text()).get("gpu_graphs", []) if rc == 0 else []
+    summary["throughput"] = [{k: v for k, v in r.items() if k != "rounds"} for r in rows]
+    k, why = choose_trials_per_device(rows) if rows else (2, "the throughput step failed: 2 trials at once")
+    summary["sweep"] = {"trials_per_device": k, "why": why}
+    log(f"  -> trials_per_device={k} ({why})")
+
+    # 3. the sweep, within its slot
+    left = deadline - time.time()
+    slot = left * settings["sweep_share"] if not args.smoke else None
+    sweep_dir = work / "sweep"
+    sweep = [sys.executable, "train.py", "-m", *SWEEP, *settings.get("sweep_overrides", []), *common, data_root,
+             *tracked,
+             f"trainer.epochs={settings['sweep_epochs']}", f"hydra.sweeper.n_trials={settings['sweep_trials']}",
+             "hydra.sweeper.devices=[0]", f"hydra.sweeper.trials_per_device={k}",
+             f"hydra.sweeper.storage=sqlite:///{store / 'optuna.db'}", f"hydra.sweeper.study_name={STUDY}",
+             f"hydra.sweep.dir={sweep_dir}"]
+    log(f"\n(2) the family sweep: {settings['sweep_trials']} trials of {settings['sweep_epochs']} epochs, {k} at once"
+        + (f", within {slot:.0f} s" if slot else ""))
+    rc, seconds, stopped = run_logged(sweep, log, deadline=time.time() + slot if slot else None, env=env)
+    params, value, number, counts = best_trial(f"sqlite:///{store / 'optuna.db'}", STUDY)
+    summary["sweep"].update(command=" ".join(["python train.py", *sweep[2:]]), seconds=round(seconds, 1),
+                            stopped_at_slot_end=stopped, exit_code=rc, trials=counts, epochs=settings["sweep_epochs"],
+                            best_trial=number, best_val_acc=value, best_params=params)
+    log(f"  -> best trial #{number}: val acc {value} | {describe(params)} | trials: {counts}")
+
+    # 4 and 5. the best architecture and the paper's final model, the same recipe, the same time
+    finals = {"best": ["model=family", RECIPE] + [f"{key}={val}" for key, val in (params or {}).items()],
+              "paper_final": ["model=final", RECIPE]}
+    eval_overrides = ["data.val_size=0", *common]  # all 50,000 training images; evaluate needs the same split
+    left = deadline - time.time() - settings["summary_s"]
+    train_s = max(10.0, (left - 2 * settings["final_overhead_s"]) / 2)
+    log(f"\n(3) the best architecture and the paper's final model with {RECIPE}, ~{train_s:.0f} s of training each")
+    summary["runs"] = {}
+    from models import param_report
+    for name, overrides in finals.items():
+        full = [*overrides, *eval_overrides]
+        cfg = config([*full, data_root])
+        n_train = len(images) if cfg.data.subset is None else int(cfg.data.subset)
+        if args.smoke:
+            epochs, rate = settings["final_epochs"], None
+        else:
+            rate = probe_images_per_sec([*full, data_root], images, labels, device, settings["probe_steps"],
+                                        settings["probe_rounds"])
+            epoch_s = 1.1 * n_train / rate + 0.4  # augmentation, the epoch's checkpoint and its MLflow lines
+            epochs = max(1, min(200, int((train_s - 5) / epoch_s)))
+            log(f"  {name}: probe {rate:,.0f} img/s -> ~{epoch_s:.1f} s per epoch -> {epochs} epochs")
+        weights = results / f"{name}.pt"
+        run_dir = work / "runs" / name
+        command = [sys.executable, "train.py", *full, data_root, *tracked, f"trainer.epochs={epochs}",
+                   f"trainer.save_weights={weights}", f"mlflow.run_name=gpu-eval-{name}", f"hydra.run.dir={run_dir}"]
+        rc, seconds, _ = run_logged(command, log, env=env)
+        epochs_seen, final = read_run(run_dir)
+        trained = sum(r["images_per_sec"] * r["epoch_time"] for r in epochs_seen)  # images trained
+        train_time = sum(r["epoch_time"] for r in epochs_seen)
+        weights_path = str(weights.relative_to(ROOT)) if weights.is_relative_to(ROOT) else str(weights)
+        summary["runs"][name] = {
+            "overrides": full, "architecture": describe(params) if name == "best" else "model=final (Table 1 row 3)",
+            "params": param_report(cfg).total, "epochs": len(epochs_seen),
+            "train_seconds": round(final["train_time"], 1) if final else None,
+            "images_per_sec": round(trained / train_time, 1) if train_time else None,
+            "test_acc": round(final["stored_test_acc"], 4) if final else None,
+            "test_acc_in_training": round(final["test_acc"], 4) if final else None,
+            "weights": weights_path, "weights_bytes": final.get("weights_bytes") if final else None,
+            "probe_images_per_sec": rate, "exit_code": rc, "wall_seconds": round(seconds, 1)}
+        log(f"  -> {name}: " + json.dumps({k: v for k, v in summary["runs"][name].items() if k != "overrides"}))
+
+    # 6. the summary, the weights and the store
+    summary["total_seconds"] = round(time.time() - started, 1)
+    result = {name: {key: run[key] for key in ("overrides", "params", "epochs", "train_seconds", "images_per_sec",
+                                               "test_acc", "weights")}
+              for name, run in summary["runs"].items()}
+    document = {**result, "details": summary}
+    for folder in {out, results}:
+        (folder / "summary.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
+        (folder / "summary.md").write_text(table(summary) + "\n")
+    for name in summary["runs"]:
+        weights = results / f"{name}.pt"
+        if weights.is_file() and results != out:
+            shutil.copy(weights, out / weights.name)
+    with tarfile.open(out / "mlflow_store.tar.gz", "w:gz") as tar:
+        tar.add(store, arcname="store")
+    log("\n" + table(summary))
+    log(f"total {summary['total_seconds']:.0f} s; wrote {out}/summary.json, summary.md, mlflow_store.tar.gz, "
+        f"gpu_eval.log, bench.json and the weights ({results})")
+    ok = all(run["exit_code"] == 0 and run["test_acc"] is not None for run in summary["runs"].values())
+    return 0 if ok else 1
+
+
+def table(summary):
+    lines = ["| run | architecture | parameters | epochs | training time | images/s | test acc (stored fp16 weights) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, run in summary["runs"].items():
+        acc = f"{100 * run['test_acc']:.2f}%" if run["test_acc"] is not None else "did not finish"
+        seconds = f"{run['train_seconds']:.0f} s" if run["train_seconds"] is not None else "-"
+        rate = f"{run['images_per_sec']:,.0f}" if run["images_per_sec"] else "-"
+        lines.append(f"| `{name}` | {run['architecture']} | {run['params']:,} | {run['epochs']} | {seconds} | {rate} | "
+                     f"**{acc}** |")
+    lines += ["", "| model | stem | variant | images/s | vs fp32 | warm-up s | capture s | CUDA graphs |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in summary.get("throughput", []):
+        lines.append(f"| {r['model']} | {r['stem']} | {r['variant']} | {r['images_per_sec']:,.0f} | "
+                     f"{r['speedup_vs_fp32']} | {r['warmup_s']} | {r['capture_s']} | {r['cuda_graphs']} |")
+    sweep = summary.get("sweep", {})
+    lines += ["", f"sweep: {sweep.get('trials')} in {sweep.get('seconds')} s, {sweep.get('trials_per_device')} at once, "
+                  f"{sweep.get('epochs')} epochs each; best trial #{sweep.get('best_trial')} (val acc "
+                  f"{sweep.get('best_val_acc')}); {summary['environment']['gpu']}, torch {summary['environment']['torch']}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Run here (where PyPI is reachable) before a GPU call: downloads the wheels of scripts/gpu_eval_wheels.txt
+# for the GPU machine (CPython 3.12, manylinux x86-64) into .gpu_eval/wheels, packs them with CIFAR-10
+# (CIFAR10_ROOT, default ../shared/cifar10) into xz parts under .gpu_eval/parts (ignored by git), each small
+# enough that it and the checkout's tracked files fit in one 64 MiB call, and prints the calls that carry
+# them. Takes ~3 minutes (xz). README "On a GPU".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+DATA=${CIFAR10_ROOT:-../shared/cifar10}
+[ -d "$DATA/cifar-10-batches-py" ] || { echo "error: $DATA/cifar-10-batches-py not found: set CIFAR10_ROOT to the folder holding it" >&2; exit 2; }
+mkdir -p .gpu_eval/wheels
+rm -f .gpu_eval/wheels/*.whl
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+  -d .gpu_eval/wheels -r scripts/gpu_eval_wheels.txt
+echo "$(ls .gpu_eval/wheels/*.whl | wc -l) wheels, $(du -sm .gpu_eval/wheels | cut -f1) MB"
+# What every call carries besides its part: the tracked files (committed weights included) and the manifest.
+tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+part_mib=$("$PY" -c "print(round(min(59.0, 63.5 - $tracked / 2**20 - 0.5), 1))")
+echo "tracked files: $((tracked / 1024)) KiB -> parts of at most $part_mib MiB"
+"$PY" scripts/gpu_parts.py pack --data "$DATA" --wheels .gpu_eval/wheels --out .gpu_eval/parts --part-mib "$part_mib"
+n=$(ls .gpu_eval/parts/part-* | wc -l)
+echo
+echo "Device calls (run tool; keep them back to back: a machine stays warm ~30 s after a call):"
+for i in $(seq 1 "$n"); do
+  if [ "$i" -lt "$n" ]; then
+    echo "  call $i: carry [\".gpu_eval/parts/manifest.json\", \".gpu_eval/parts/part-$i\"]  command: python3 scripts/gpu_parts.py check  timeout_s: 120"
+  else
+    echo "  call $i: carry [\".gpu_eval/parts/manifest.json\", \".gpu_eval/parts/part-$i\"]  command: scripts/gpu_eval.sh  timeout_s: 600"
+  fi
+done
+echo "Then copy \$OUT's summary.json, summary.md and the .pt files into results/gpu_eval/ and commit them."
