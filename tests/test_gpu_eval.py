@@ -1,0 +1,89 @@
+"""scripts/gpu_eval.sh (issue 11, points 4-6): the parts that carry its luggage, and its whole path on the CPU
+(`make gpu-smoke`), down to re-checking the stored weights with task=evaluate."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import gpu_parts  # noqa: E402
+
+
+def test_parts_round_trip_and_a_damaged_part_is_named(tmp_path):
+    data = tmp_path / "src" / gpu_parts.DATA_FOLDER
+    data.mkdir(parents=True)
+    for i in range(3):
+        (data / f"data_batch_{i}").write_bytes(os.urandom(50_000))  # incompressible: several parts
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "demo-1.0-py3-none-any.whl").write_bytes(b"PK" + os.urandom(1000))
+    manifest = gpu_parts.pack(tmp_path / "src", wheels, tmp_path / "parts", part_mib=0.05, preset=1)
+    assert len(manifest["parts"]) >= 3 and all(p["bytes"] <= 0.05 * 2**20 for p in manifest["parts"])
+    assert gpu_parts.check(tmp_path / "parts")[0]
+    gpu_parts.unpack(tmp_path / "parts", tmp_path / "into")
+    for i in range(3):
+        assert (tmp_path / "into" / "data" / gpu_parts.DATA_FOLDER / f"data_batch_{i}").read_bytes() == \
+            (data / f"data_batch_{i}").read_bytes()
+    assert (tmp_path / "into" / "wheels" / "demo-1.0-py3-none-any.whl").is_file()
+    second = tmp_path / "parts" / "part-2"
+    second.write_bytes(second.read_bytes()[:-1] + b"x")
+    ok, lines = gpu_parts.check(tmp_path / "parts")
+    assert not ok and lines[1].startswith("part-2: DAMAGED")
+    (tmp_path / "parts" / "part-3").unlink()
+    with pytest.raises(SystemExit, match="part-3: not here yet"):
+        gpu_parts.unpack(tmp_path / "parts", tmp_path / "again")
+
+
+def test_gpu_smoke_runs_the_whole_path_and_evaluate_reproduces_it(tmp_path):
+    """`make gpu-smoke`: throughput, a real sweep on the device pool, both final runs, the summary, the store;
+    then the summary's own command re-checks each stored weights file."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh"), "--smoke", "--out", str(out)], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    details = summary["details"]
+    assert details["environment"]["mlflow"] and details["environment"]["optuna"]  # the real packages
+    assert {r["variant"] for r in details["throughput"]} >= {"fp32", "bf16+channels_last+fused+graphs"}
+    assert {r["stem"] for r in details["throughput"]} == {"conv5x5", "conv3x3"}
+    sweep = details["sweep"]
+    assert sweep["trials"].get("complete", 0) >= 1 and sweep["best_params"]["model.num_layers"] in (2, 3, 4, 5)
+    assert sweep["trials_per_device"] >= 2
+    for name in ("best", "paper_final"):
+        run = summary[name]
+        assert set(run) == {"overrides", "params", "epochs", "train_seconds", "images_per_sec", "test_acc", "weights"}
+        assert run["epochs"] == 1 and run["params"] <= 5_000_000 and 0 <= run["test_acc"] <= 1
+        weights = Path(run["weights"])
+        assert weights.is_file() and weights.stat().st_size <= 10 * 2**20  # fp16: at most 10 MiB
+        assert (out / weights.name).is_file()
+        evaluated = subprocess.run([sys.executable, str(REPO / "train.py"), "task=evaluate", f"evaluate.weights={weights}",
+                                    *run["overrides"], f"data.root={details['data']['root']}"],
+                                   cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+        last = evaluated.stdout.strip().splitlines()[-1]
+        assert re.fullmatch(r"test_acc=0\.\d{4}", last) and abs(float(last.split("=")[1]) - run["test_acc"]) <= 0.002
+    assert summary["best"]["overrides"][:2] == ["model=family", "recipe=short"]
+    assert summary["paper_final"]["overrides"][:2] == ["model=final", "recipe=short"]
+    assert "| `best` |" in (out / "summary.md").read_text()
+    import tarfile
+    with tarfile.open(out / "mlflow_store.tar.gz") as tar:
+        names = tar.getnames()
+    assert "store/mlflow.db" in names and "store/optuna.db" in names
+    import mlflow
+    tar_dir = tmp_path / "store"
+    with tarfile.open(out / "mlflow_store.tar.gz") as tar:
+        tar.extractall(tar_dir, filter="data")
+    client = mlflow.MlflowClient(f"sqlite:///{tar_dir / 'store' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gpu-eval").experiment_id])
+    named = {r.info.run_name: r for r in runs}
+    assert {"gpu-eval-best", "gpu-eval-paper_final"} <= set(named)
+    assert named["gpu-eval-best"].data.metrics["stored_test_acc"] == pytest.approx(summary["best"]["test_acc"], abs=1e-4)
+    assert any(r.data.tags.get("mlflow.parentRunId") for r in runs)  # the sweep's trials, under their parent
