@@ -67,15 +67,20 @@ class TrainStep:
             self.ema.update_parameters(self.model)
 
     def graph_body(self, x, y):
-        """The step without a host sync: the EMA as the averaging it is once started (AveragedModel's first
-        update copies, and asks the host which update it is; the eager warm-up steps made that first one)."""
+        """The step as a CUDA graph records it: only device work (anything else would run once, at capture).
+        The EMA is the averaging it is once started: AveragedModel's first update copies, deciding on its
+        update counter, a CPU tensor; the eager warm-up steps made that first one, and `replayed` counts."""
         self._step(x, y, self.graph_autocast)
         if self.ema is not None:
             averaged = [(e, m) for e, m in zip(self._ema_tensors(self.ema.module), self._ema_tensors(self.model))
                         if e.is_floating_point()]
             self.ema.multi_avg_fn([e.detach() for e, _ in averaged], [m.detach() for _, m in averaged],
                                   self.ema.n_averaged)
-            self.ema.n_averaged.add_(1)
+
+    def replayed(self):
+        """After each replay of graph_body: what it cannot hold, the EMA's update counter."""
+        if self.ema is not None:
+            self.ema.n_averaged += 1
 
     def after_scheduler(self):
         """Called after every scheduler step (the graphed step keeps its LR tensors in step here)."""

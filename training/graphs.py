@@ -39,16 +39,17 @@ class CudaCapture:
 
     def __init__(self, device):
         self.device = device
-        self.graph = None
+        self.graph = self.stream = None
 
     @contextlib.contextmanager
     def side_stream(self):
         """Eager warm-up steps run on a side stream (what the capture API asks for), ordered with the default one."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
             yield
-        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
     def capture(self, body):
         self.graph = torch.cuda.CUDAGraph()
@@ -121,7 +122,11 @@ class GraphedStep:
         self.static[1].copy_(y)
         if self.mode == "trial":
             return self._trial_step()
+        self._replay()
+
+    def _replay(self):
         self.capturer.replay()
+        self.step.replayed()
 
     # the stages --------------------------------------------------------------------------------------
     def _warmup_step(self, x, y):
@@ -154,13 +159,13 @@ class GraphedStep:
         self.mode = "trial"
         self._trial_started = None
         self._trial_steps = 0
-        self.capturer.replay()  # capturing recorded the step; this runs it on the captured batch
+        self._replay()  # capturing recorded the step; this runs it on the captured batch
 
     def _trial_step(self):
         if self._trial_started is None:
             self.capturer.synchronize()
             self._trial_started = time.perf_counter()
-        self.capturer.replay()
+        self._replay()
         self._trial_steps += 1
         if self._trial_steps == self.trial:
             self.capturer.synchronize()
