@@ -69,7 +69,7 @@ def config(overrides):
 
 def run_logged(command, log, deadline=None, env=None):
     """Run a child process (its own process group), echo its lines; at `deadline` interrupt it like Ctrl-C
-    (the sweeper closes its runs as KILLED) and kill it 30 s later. Returns (exit code, seconds, stopped)."""
+    (the sweeper closes its runs as KILLED) and kill it 15 s later. Returns (exit code, seconds, stopped)."""
     log("$ " + " ".join(str(c) for c in command))
     started = time.time()
     process = subprocess.Popen([str(c) for c in command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -82,7 +82,7 @@ def run_logged(command, log, deadline=None, env=None):
             if deadline is not None and time.time() > deadline and not stopped:
                 stopped = True
                 os.killpg(process.pid, signal.SIGINT)
-                kill_at = time.time() + 30
+                kill_at = time.time() + 15
                 while process.poll() is None and time.time() < kill_at:
                     time.sleep(0.5)
                 if process.poll() is None:
