@@ -2,7 +2,6 @@
 capture that records the step and replays it eagerly, trains exactly as the eager step does; on the CPU the
 setting changes nothing. What only a GPU can show (the capture itself, the speed) is left to scripts/gpu_eval.sh."""
 import contextlib
-import copy
 import time
 
 import pytest
