@@ -4,7 +4,7 @@
     python train.py model=tiny trainer.epochs=1      # a quick run on the CPU
     python train.py model=final dry_run=true         # parameter table and budget check only
     python train.py model=final task=lr_range_test   # LR range test: plot, CSV, suggested cyclic bounds
-    python train.py -m hydra/sweeper=optuna          # Optuna search (see sweeper/)
+    python train.py -m hydra/sweeper=optuna          # Optuna search (hydra/sweeper=constrained_optuna, sweeper/)
 
 The parameter budget and every other config check run before data is loaded or an MLflow
 run is opened. The job returns the final validation accuracy, which sweeps maximise.
@@ -25,16 +25,16 @@ from omegaconf import DictConfig, OmegaConf
 from data import Augmentation, DeviceLoader, channel_stats, load_cifar10, split_train_val
 from errors import BudgetError, DivergedError, UserError
 from models import build_model
-from sweeper.trial import Pruned, TrialPruned, TrialReporter
+from sweeper.job import Failed, Pruned, TrialPruned, current_trial
 from training import checkpoint
 from training.gate import check_config
 from training.lr_range import run_range_test
 from training.optim import build_optimizer, build_scheduler
-from training.tracking import check_reachable, open_store, start_run
+from training.tracking import check_reachable, masked_config, open_store, start_run
 
-# Targets Hydra 1.4 may instantiate from config (the sweeper, its samplers, the launchers).
+# Targets Hydra 1.4 may instantiate from config (the sweeper's samplers and constraints, the launchers).
 EXECUTION_WHITELIST = [
-    "sweeper.*",
+    "training.gate.*",  # the sweeper's constraints and preflight (conf/hydra/sweeper/optuna.yaml)
     "hydra_plugins.hydra_optuna_sweeper.*",
     "hydra_plugins.hydra_joblib_launcher.*",
     "hydra_plugins.hydra_submitit_launcher.*",  # SLURM, when installed (README: across machines)
@@ -187,8 +187,9 @@ def train(cfg: DictConfig):
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
 
     out_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else tempfile.mkdtemp()
-    trial = TrialReporter.from_cfg(cfg)  # None unless this job is a sweep trial
-    run = start_run(cfg, report.total, experiment_id, run_id=resumed["mlflow_run_id"] if resumed else None)
+    trial = current_trial()  # None unless this job is a sweep trial
+    run = start_run(cfg, report.total, experiment_id, run_id=resumed["mlflow_run_id"] if resumed else None,
+                    trial=trial)
     if resumed:
         checkpoint.continue_run(resumed)
         print(f"resuming after epoch {resumed['epoch']} from {ckpt_path}", flush=True)
@@ -254,7 +255,8 @@ def train(cfg: DictConfig):
     if not cfg.trainer.keep_checkpoint:
         checkpoint.remove(ckpt_path)
     # Sweeps maximise validation accuracy; with no validation split, the test accuracy stands in.
-    return history[-1]["val_acc"] if val_loader is not None else test_acc
+    value = history[-1]["val_acc"] if val_loader is not None else test_acc
+    return [value, report.total] if trial is not None and len(trial.directions) == 2 else value
 
 
 def save_artifacts(cfg, model, history, report, out_dir):
@@ -264,7 +266,7 @@ def save_artifacts(cfg, model, history, report, out_dir):
 
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, "resolved_config.yaml")
-    OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), config_path)
+    OmegaConf.save(masked_config(cfg), config_path)  # a password in a URL is masked
     table_path = os.path.join(out_dir, "param_table.txt")
     with open(table_path, "w") as f:
         f.write(report.table() + "\n" + report.summary_line() + "\n")
@@ -293,6 +295,10 @@ def main(cfg: DictConfig):
         return train(cfg)
     except TrialPruned as pruned:
         return Pruned(str(pruned))  # a normal end for a sweep trial, not a job error
+    except DivergedError as err:
+        if current_trial() is None:
+            raise
+        return Failed(f"diverged: {err}")  # a result of the trial: recorded FAIL, the sweep goes on
     except USER_ERRORS as err:
         if in_multirun():
             raise  # the sweeper records the trial as failed and goes on
@@ -300,18 +306,9 @@ def main(cfg: DictConfig):
         sys.exit(2)
 
 
-def register_sweeper():
-    """Hydra finds plugins in the hydra_plugins namespace; ours lives in this repo, so register it by hand."""
-    from hydra.core.plugins import Plugins
-
-    from sweeper.constrained import ConstrainedOptunaSweeper
-    Plugins.instance().register(ConstrainedOptunaSweeper)
-
 
 if __name__ == "__main__":
     # Run this file's importable copy rather than __main__, so that parallel launchers (joblib)
     # pickle the task function by reference instead of by value.
     import train
-    if {"-m", "--multirun"} & set(sys.argv):  # single runs need neither the sweeper nor optuna
-        train.register_sweeper()
     train.main()

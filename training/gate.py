@@ -8,7 +8,7 @@ check is an invalid proposal, one that passes is measured against its budgets.
 import torch
 
 from data import Augmentation
-from errors import BudgetError, ConfigError
+from errors import BudgetError, ConfigError, DatasetError
 from models import param_report
 from training.lr_range import check_settings
 from training.optim import build_optimizer, build_scheduler, fused_kernels
@@ -56,11 +56,33 @@ def check_budget(cfg):
     return report
 
 
-# --- constraints for the sweeper (hydra.sweeper.constraints) ------------------------------------
-# Each takes a composed job config and returns how far it is over its budget (<= 0: within it).
-# A config the single-run check refuses raises its UserError: the sweeper records the proposal as
-# invalid, with that message, and never launches it.
-def params_over_budget(cfg) -> float:
-    """Parameters over budget.max_params."""
+# --- for the sweeper (hydra.sweeper.constraints and hydra.sweeper.preflight) ---------------------
+# A constraint takes a proposal's composed job config and returns how far it is over its budget
+# (<= 0: within it) with the measured value. A config the single-run check refuses raises its
+# UserError: the sweeper records the proposal as invalid, with that message, and never launches it.
+def params_over_budget(cfg):
+    """(parameters over budget.max_params, parameters), after the whole single-run check."""
     report = check_config(cfg)
-    return float(report.total - report.budget)
+    return float(report.total - report.budget), report.total
+
+
+def preflight(cfg):
+    """What a sweep checks once before its first trial: the dataset files are there (without reading
+    them) and an http(s) tracking server answers. Raises DatasetError / TrackingError."""
+    from training.tracking import check_reachable
+    if not cfg.data.get("download", False):
+        _check_dataset_files(cfg.data)
+    check_reachable(cfg.mlflow.tracking_uri)
+
+
+def _check_dataset_files(data_cfg):
+    import data
+    if hasattr(data, "check_available"):  # the data package's own check, where it has one
+        return data.check_available(data_cfg)
+    from data.cifar10 import FOLDER, TEST_FILES, TRAIN_FILES, dataset_dir
+    directory = dataset_dir(data_cfg.root)
+    missing = [name for name in TRAIN_FILES + TEST_FILES if not (directory / name).is_file()]
+    if missing:
+        raise DatasetError(
+            f"CIFAR-10 not found: {directory} lacks {', '.join(missing)}. Set data.root (or the CIFAR10_ROOT "
+            f"environment variable) to the folder holding {FOLDER}/, or add data.download=true to fetch it")

@@ -6,6 +6,8 @@ import urllib.parse
 from omegaconf import OmegaConf
 
 from errors import TrackingError
+from sweeper.secrets import mask_url, reveal
+from sweeper.stores import first_open, make_sqlite_folder
 
 
 def flatten(cfg, prefix=""):
@@ -16,13 +18,27 @@ def flatten(cfg, prefix=""):
         if isinstance(value, dict):
             items.update(flatten(value, f"{name}."))
         else:
-            items[name] = value if not isinstance(value, (list, tuple)) else str(list(value))
+            items[name] = mask_url(value if not isinstance(value, (list, tuple)) else str(list(value)))
     return items
+
+
+def masked_config(cfg):
+    """The resolved config as a plain container, every URL's password masked (for artifacts and params)."""
+    return mask_secrets(OmegaConf.to_container(cfg, resolve=True))
+
+
+def mask_secrets(value):
+    if isinstance(value, dict):
+        return {k: mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return mask_url(value)
 
 
 def check_reachable(uri, timeout=3.0):
     """Fail in seconds, not after MLflow's minutes of retries, when a server is not there."""
-    parsed = urllib.parse.urlparse(uri)
+    parsed = urllib.parse.urlparse(reveal(uri))
+    uri = mask_url(uri)
     if parsed.scheme not in ("http", "https"):
         return
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -35,58 +51,50 @@ def check_reachable(uri, timeout=3.0):
                             f"(sqlite:///mlflow.db)") from err
 
 
-def make_sqlite_folder(url):
-    """sqlite cannot create a database file in a folder that is not there; make the folder."""
-    if not url.startswith("sqlite:///"):
-        return
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    if path and path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-
 def open_store(uri, experiment):
-    """Point MLflow at `uri`, create its database once if it is new, and return the experiment id.
-
-    Creating a sqlite store from several processes at once fails, so sweeps call this first.
-    """
+    """Point MLflow at `uri` (a sweep's masked URL is revealed here), create its database if it is new,
+    and return the experiment id. Several processes may open one fresh sqlite store at once: the first
+    open holds `<db>.lock` (sweeper/stores.py), so only one of them creates the tables."""
     check_reachable(uri)
-    make_sqlite_folder(uri)
+    real = reveal(uri)
+    make_sqlite_folder(real)
     import mlflow
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(real)
     try:
-        found = mlflow.get_experiment_by_name(experiment)
-        return found.experiment_id if found else mlflow.create_experiment(experiment)
+        with first_open(real):
+            found = mlflow.get_experiment_by_name(experiment)
+            return found.experiment_id if found else mlflow.create_experiment(experiment)
     except Exception as err:
         if "already exists" in str(err):  # another worker created it a moment ago
             return mlflow.get_experiment_by_name(experiment).experiment_id
-        raise TrackingError(f"cannot open MLflow store {uri}: {err}") from err
+        raise TrackingError(f"cannot open MLflow store {mask_url(uri)}: {mask_url(str(err))}") from err
 
 
-def start_run(cfg, num_params, experiment_id, run_id=None):
-    """Start (or resume, with run_id) the run for one training job; nested under a sweep's parent."""
+def start_run(cfg, num_params, experiment_id, run_id=None, trial=None):
+    """Start (or resume, with run_id) the run for one training job; a sweep trial (sweeper.job.current_trial())
+    is nested under its sweep's parent run. CUDA_VISIBLE_DEVICES, when set, is recorded as a tag."""
     import mlflow
     tags = {"model": str(cfg.model.name), "num_params": str(num_params)}
-    parent = cfg.get("sweep", {}).get("parent_run_id") if cfg.get("sweep") else None
-    if parent:
-        tags["mlflow.parentRunId"] = str(parent)
-        tags["trial_number"] = str(cfg.sweep.trial_number)
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name(cfg), tags=tags)
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        tags["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    if trial is not None:
+        tags["trial_number"] = str(trial.number)
+        if trial.parent_run_id:
+            tags["mlflow.parentRunId"] = trial.parent_run_id
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name(cfg, trial), tags=tags)
     if run_id is None:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        params = flatten({k: v for k, v in resolved.items() if k not in ("hydra", "sweep")})
+        params = flatten({k: v for k, v in masked_config(cfg).items() if k != "hydra"})
         params["num_params"] = num_params
         for chunk in _chunks(list(params.items()), 100):
             mlflow.log_params(dict(chunk))
     return run
 
 
-def run_name(cfg):
+def run_name(cfg, trial=None):
     if cfg.mlflow.get("run_name"):
         return str(cfg.mlflow.run_name)
     name = f"{cfg.model.name}-{cfg.optimizer.name}-{cfg.scheduler.name}"
-    if cfg.get("sweep") and cfg.sweep.get("trial_number") is not None:
-        name = f"trial-{cfg.sweep.trial_number}-{name}"
-    return name
+    return f"trial-{trial.number}-{name}" if trial is not None else name
 
 
 def _chunks(items, size):
