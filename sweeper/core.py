@@ -173,15 +173,25 @@ class ConstrainedSweep:
         if self.s["preview"]:
             return self.preview(sampler)
         self.preflight(base)
-        study = self.open_study(sampler)
+        # Started now, so that the pool's workers import the app while the study and MLflow open.
+        self.pool = self.build(DevicePool, self.devices, int(self.s["trials_per_device"]), self.task_function,
+                               self.hydra_context) if self.devices else None
+        try:
+            self.run(self.open_study(sampler))
+        finally:
+            if self.pool:
+                self.pool.shutdown(wait=False)  # they exit in the background (the interpreter joins them)
+
+    def run(self, study):
         self.tracking = report.Tracking(self.s["mlflow"])
         try:
             self.parent = self.tracking.parent_run(study, self.storage)
         except Exception as err:
             raise UsageError(f"mlflow.tracking_uri={secrets.mask_url(self.tracking.uri)}: cannot open the MLflow "
                              f"store ({type(err).__name__}: {secrets.mask_url(str(err)).splitlines()[0]})") from err
-        log.info(f"Study {study.study_name} in {secrets.mask_url(self.storage_url) or 'memory'} | sampler {sampler} | "
-                 f"directions {self.directions} | pruner {(self.s['pruner'] or {}).get('name', 'none')} | "
+        log.info(f"Study {study.study_name} in {secrets.mask_url(self.storage_url) or 'memory'} | "
+                 f"sampler {study.sampler} | directions {self.directions} | "
+                 f"pruner {(self.s['pruner'] or {}).get('name', 'none')} | "
                  + (f"devices {self.devices} x {self.s['trials_per_device']}" if self.devices else
                     f"batches of {self.s['n_jobs']}") + (f" | MLflow parent run {self.parent}" if self.parent else ""))
         self.share_sweep_identity()
@@ -400,9 +410,12 @@ class ConstrainedSweep:
 
     def share_sweep_identity(self):
         """What every job of this sweep shares (study, storage, parent run) goes into this process's
-        environment, which launched jobs inherit; what differs per job goes into `hydra.job.env_set`."""
-        os.environ.update({job_api.ENV_STUDY: self.study_name, job_api.ENV_STORAGE: secrets.mask_url(self.storage_url or ""),
-                           job_api.ENV_PARENT_RUN: self.parent or "", job_api.ENV_DIRECTIONS: ",".join(self.directions)})
+        environment, which launched jobs inherit (the pool's workers, started earlier, get it with each
+        trial); what differs per job goes into `hydra.job.env_set`."""
+        self.shared_env = {job_api.ENV_STUDY: self.study_name, job_api.ENV_STORAGE: secrets.mask_url(self.storage_url or ""),
+                           job_api.ENV_PARENT_RUN: self.parent or "", job_api.ENV_DIRECTIONS: ",".join(self.directions),
+                           secrets.ENV: os.environ.get(secrets.ENV, "{}")}
+        os.environ.update(self.shared_env)
 
     def identity(self, proposal, device=None):
         """Per-job environment (hydra.job.env_set, applied around the task function by every launcher)."""
@@ -417,65 +430,72 @@ class ConstrainedSweep:
         set_attrs(proposal.trial, {"launched": True, "overrides": " ".join(proposal.overrides)})
 
     def loop(self, study):
-        pool = None
-        if self.devices:
+        """Keep every slot busy (pool) or run batches of n_jobs (launcher) until n_trials have trained,
+        the space is exhausted, or too many jobs crash."""
+        if self.pool:
             log.info("devices given: trials run in the sweeper's device pool (hydra/launcher is not used)")
-            pool = DevicePool(self.devices, int(self.s["trials_per_device"]), self.task_function, self.hydra_context)
         else:
             self.launcher = Plugins.instance().instantiate_launcher(
                 config=self.config, hydra_context=self.hydra_context, task_function=self.task_function)
-        poll, n_jobs = min(5.0, float(self.s["heartbeat_interval"])), int(self.s["n_jobs"])
-        done_proposing, started_at, failures, finished = False, time.perf_counter(), [], 0
-        try:
-            while True:
-                optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once their heartbeat is stale
-                batch = []
-                while not done_proposing and (pool.free_slot() is not None if pool else len(batch) < n_jobs):
-                    if self.remaining(study.get_trials(deepcopy=False))[0] <= 0:
-                        break
-                    proposal = self.propose(study)
-                    if proposal is None:
-                        done_proposing = True
-                        log.info("every configuration of the search space has been tried")
-                        break
-                    if self.withdrawn(study, proposal):
-                        break
-                    self.mark_launched(proposal)
-                    batch.append(proposal)
-                    if pool:
-                        slot = pool.free_slot()
-                        pool.start(slot, self.sweep_config(proposal, slot.device), proposal)
-                if pool:
-                    results = pool.collect(timeout=poll)
-                elif batch:
-                    results = list(zip(batch, self.launch(batch)))
-                else:
-                    results = []
-                errors = [err for proposal, ret in results if (err := self.record(study, proposal, ret)) is not None]
-                finished += len(results)
-                failures += errors
-                if results:
-                    done = len(report.trained_trials(study.get_trials(deepcopy=False)))
-                    log.info(f"[{done}/{self.n_trials} trained | {self.counts['over_budget']} over budget, "
-                             f"{self.counts['invalid']} invalid, {self.counts['repeat']} repeats skipped | "
-                             f"{time.perf_counter() - started_at:.0f}s]")
-                # The plugin's rule, per batch; with a pool (no batches), over this run's finished trials.
-                judged = (len(failures), finished) if pool else (len(errors), len(results))
-                if judged[0] and judged[0] / judged[1] > float(self.s["max_failure_rate"]):
-                    while pool and pool.busy():  # never lose a finished trial: wait for the others, record them
-                        for proposal, ret in pool.collect(timeout=poll):
-                            self.record(study, proposal, ret)
-                    raise (errors or failures)[0]
-                if (pool and pool.busy()) or results:
-                    continue
-                left, running = self.remaining(study.get_trials(deepcopy=False))
-                if done_proposing or (left <= 0 and running == 0):
-                    return
-                if left <= 0:
-                    time.sleep(poll)  # other workers' trials are in flight: one may fail and free its slot
-        finally:
-            if pool:
-                pool.shutdown()
+        poll = min(5.0, float(self.s["heartbeat_interval"]))
+        self.exhausted_space, self.started_at, self.crashes, self.ended = False, time.perf_counter(), [], 0
+        while True:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once their heartbeat is stale
+            started = self.start_trials(study)
+            if self.pool:
+                results = self.pool.collect(timeout=poll)
+            else:
+                results = list(zip(started, self.launch(started))) if started else []
+            self.record_all(study, results)
+            if (self.pool and self.pool.busy()) or results:
+                continue
+            left, running = self.remaining(study.get_trials(deepcopy=False))
+            if self.exhausted_space or (left <= 0 and running == 0):
+                return
+            if left <= 0:
+                time.sleep(poll)  # other workers' trials are in flight: one may fail and free its slot
+
+    def start_trials(self, study):
+        """Propose into every free slot (pool: started at once; launcher: one batch, returned)."""
+        batch = []
+        while not self.exhausted_space and (self.pool.free_slot() is not None if self.pool else
+                                            len(batch) < int(self.s["n_jobs"])):
+            if self.remaining(study.get_trials(deepcopy=False))[0] <= 0:
+                break
+            proposal = self.propose(study)
+            if proposal is None:
+                self.exhausted_space = True
+                log.info("every configuration of the search space has been tried")
+                break
+            if self.withdrawn(study, proposal):
+                break
+            self.mark_launched(proposal)
+            batch.append(proposal)
+            if self.pool:
+                slot = self.pool.free_slot()
+                self.pool.start(slot, self.sweep_config(proposal, slot.device), proposal, self.shared_env)
+                log.info(f"  trial #{proposal.number} on device {slot.device}: "
+                         f"{' '.join(proposal.overrides[:len(proposal.trial.params)])}")
+        return batch
+
+    def record_all(self, study, results):
+        """Record finished trials; stop the sweep, as the plugin does, when more than max_failure_rate of a
+        batch crashed (with a pool, which has no batches: of this run's finished trials)."""
+        if not results:
+            return
+        crashes = [err for proposal, ret in results if (err := self.record(study, proposal, ret)) is not None]
+        self.crashes += crashes
+        self.ended += len(results)
+        done = len(report.trained_trials(study.get_trials(deepcopy=False)))
+        log.info(f"[{done}/{self.n_trials} trained | {self.counts['over_budget']} over budget, "
+                 f"{self.counts['invalid']} invalid, {self.counts['repeat']} repeats skipped | "
+                 f"{time.perf_counter() - self.started_at:.0f}s]")
+        failed, ended = (len(self.crashes), self.ended) if self.pool else (len(crashes), len(results))
+        if failed and failed / ended > float(self.s["max_failure_rate"]):
+            while self.pool and self.pool.busy():  # never lose a finished trial: wait for the others
+                for proposal, ret in self.pool.collect(timeout=1.0):
+                    self.record(study, proposal, ret)
+            raise (crashes or self.crashes)[0]
 
     def sweep_config(self, proposal, device):
         """The trial's full Hydra config for the pool (the launchers compose their own)."""
