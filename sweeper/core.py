@@ -43,6 +43,17 @@ SETTINGS = dict(sampler=None, direction="minimize", storage=None, study_name=Non
                 max_proposals_per_trial=50, heartbeat_interval=10, grace_period=60, objective_names=None)
 
 
+def _strings(container, prefix=""):
+    """(dotted path, value) of every string in a nested dict/list container."""
+    items = container.items() if isinstance(container, dict) else enumerate(container or [])
+    for key, value in items:
+        path = f"{prefix}{key}"
+        if isinstance(value, (dict, list)):
+            yield from _strings(value, f"{path}.")
+        elif isinstance(value, str):
+            yield path, value
+
+
 class UsageError(Exception):
     """A sweep that cannot start; printed as one line `error: ...`, exit status 2, nothing written."""
 
@@ -225,6 +236,12 @@ class ConstrainedSweep:
         with read_write(overrides), open_dict(overrides):
             overrides.hydra = [secrets.mask_url(o) for o in overrides.hydra]
             overrides.task = [secrets.mask_url(o) for o in overrides.task]
+        # Jobs are composed from the masked overrides, and Hydra requires their hydra.sweeper to equal this one.
+        node = self.config.hydra.sweeper
+        for path, value in _strings(OmegaConf.to_container(node, resolve=False)):
+            if secrets.has_password(value):
+                with read_write(node), open_dict(node):
+                    OmegaConf.update(node, path, secrets.mask_url(value), merge=False)
         return [secrets.mask_url(a) for a in arguments]
 
     def build_extender(self):
