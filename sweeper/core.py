@@ -328,24 +328,31 @@ class ConstrainedSweep:
             self.extender(self.config, trial)
         params = dict(trial.params)
         proposal = Proposal(trial, trial_id, space_mod.as_overrides(params) + self.fixed)
-        twin = known.get(space_mod.params_key(params))
-        if twin is not None:
-            proposal.kind, proposal.note = "repeat", f"repeat of #{twin}"
-            self.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": twin})
-            self.steer_to_unseen(study, seen | {space_mod.params_key(params)})
-            return proposal
+        key = space_mod.params_key(params)
+        if key in known:
+            proposal.kind, proposal.note = "repeat", f"repeat of #{known[key]}"
+            self.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": known[key]})
+        else:
+            self.judge(study, proposal)
+        if key in seen or proposal.kind == "repeat":  # a finite space's sampler may keep coming back: move on
+            self.steer_to_unseen(study, seen | {key})
+        return proposal
+
+    def judge(self, study, proposal):
+        """Compose the proposal's job config once, run every constraint on it, record the verdict; a proposal
+        that is over budget or invalid is told FAIL (a placeholder) and never launched."""
         try:
             verdict = self.constraints(self.job_configs(proposal.overrides))
         except Exception as err:  # noqa: BLE001 - a value Hydra cannot compose: invalid, like any refused config
             verdict = Verdict(amounts={n: INVALID_AMOUNT for n in self.constraints.names},
                               invalid=str(err).strip().splitlines()[0])
         for name, amount in verdict.amounts.items():
-            trial.set_constraint(name, amount)
+            proposal.trial.set_constraint(name, amount)
         proposal.measured = verdict.measured
         attrs = dict(verdict.measured)
         if verdict.feasible:
-            set_attrs(trial, attrs)
-            return proposal
+            set_attrs(proposal.trial, attrs)
+            return
         if verdict.invalid is not None:
             proposal.kind, proposal.note = "invalid", f"invalid: {verdict.invalid}"
             attrs.update(invalid=True, reason=verdict.invalid)
@@ -354,7 +361,6 @@ class ConstrainedSweep:
             proposal.kind, proposal.note = "over_budget", f"over budget ({over})"
             attrs.update(infeasible=True, reason=f"over budget: {over}")
         self.close(study, proposal, state=TrialState.FAIL, attrs=attrs)
-        return proposal
 
     def propose(self, study):
         """The next feasible, new proposal; None when the space is exhausted."""
