@@ -3,13 +3,13 @@
     make bench                         # everything, CPU, a few minutes
     python -m benchmarks --gpu         # plus the GPU half (train step with each speed switch)
     python -m benchmarks --quick       # seconds: tiny sizes, for the smoke test
+    python -m benchmarks --data cifar100 --only data train   # another dataset (default: the config's)
 
 Ratios are measured side by side in one run (alternating rounds); absolute numbers only hold for
 the machine recorded in the JSON's "machine" field.
 """
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -19,7 +19,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from benchmarks import budget_check, data_pipeline, train_step, trial_overhead
-from benchmarks.common import cifar_images, machine
+from benchmarks.common import dataset_images, machine
+from data import DATASETS, get_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("budget", "data", "train", "overhead")
@@ -53,8 +54,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds); numbers mean nothing")
     parser.add_argument("--gpu", action="store_true", help="also the GPU half: model=final with each speed switch")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="sections to run")
-    parser.add_argument("--root", default=os.environ.get("CIFAR10_ROOT", str(REPO / "data" / "cifar10")),
-                        help="CIFAR-10 folder (random images of the same shape when absent)")
+    parser.add_argument("--data", choices=sorted(DATASETS), help="dataset (default: the config's data group)")
+    parser.add_argument("--root", help="dataset folder (default: data.root of the config; random images of the "
+                                       "same shape when absent)")
     parser.add_argument("--out", default=str(REPO / "bench_results" / "latest.json"))
     args = parser.parse_args(argv)
     if args.gpu and not torch.cuda.is_available():
@@ -75,11 +77,17 @@ def main(argv=None):
         print(out[-1], flush=True)
 
     needs_images = {"data", "train"} & set(args.only)
-    images, labels, source = cifar_images(args.root, None if not args.quick else 512) if needs_images else (None,) * 3
+    data_overrides = [f"data={args.data}"] if args.data else []
+    images = labels = source = data_cfg = None
+    if needs_images:
+        data_cfg = compose_cfg(data_overrides).data
+        root = Path(args.root) if args.root else REPO / data_cfg.root  # the config's default, from the repo
+        images, labels, source = dataset_images(get_dataset(data_cfg.name), root, None if not args.quick else 512)
+        results["dataset"] = data_cfg.name
     results["images"] = source
 
     if "data" in args.only:
-        rows = data_pipeline.bench(images, labels, device, **settings["data"])
+        rows = data_pipeline.bench(images, labels, device, data_cfg.autoaugment_policy, **settings["data"])
         results["data_pipeline"] = rows
         out.append(table(f"data pipeline ({device}, {source} images): images/s, ours vs conventional", rows,
                          ["policy", "batch_size", "workers", "ours_images_per_sec", "conventional_images_per_sec",
@@ -87,7 +95,7 @@ def main(argv=None):
         print(out[-1], flush=True)
 
     if "train" in args.only:
-        rows = [train_step.bench_loop(compose_cfg([f"model={name}"]), images, labels, device,
+        rows = [train_step.bench_loop(compose_cfg([f"model={name}", *data_overrides]), images, labels, device,
                                       rounds=settings["train_rounds"], **sizes)
                 for name, sizes in settings["train"].items()]
         results["train_step"] = rows
@@ -98,8 +106,8 @@ def main(argv=None):
         print(out[-1], flush=True)
         if args.gpu:
             gpu = settings["gpu"]
-            rows = train_step.bench_gpu_switches(compose_cfg(["model=final"]), images, labels, gpu["batch_size"],
-                                                 gpu["steps"], gpu["rounds"])
+            rows = train_step.bench_gpu_switches(compose_cfg(["model=final", *data_overrides]), images, labels,
+                                                 gpu["batch_size"], gpu["steps"], gpu["rounds"])
             results["gpu_switches"] = rows
             out.append(table(f"GPU switches ({results['machine'].get('gpu')}): model=final, project loop", rows,
                              ["variant", "batch_size", "images_per_sec", "speedup_vs_fp32"]))

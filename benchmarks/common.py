@@ -1,4 +1,4 @@
-"""What the benchmarks share: the machine label, the dataset, timing by interleaved rounds."""
+"""What the benchmarks share: the machine label, the dataset's images, timing by interleaved rounds."""
 import os
 import platform
 import statistics
@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from data.cifar10 import TRAIN_FILES, dataset_dir, read_batch
+from data.cifar import dataset_dir, read_batch
 
 
 def machine():
@@ -25,16 +25,19 @@ def machine():
     return info
 
 
-def cifar_images(root, n=None):
-    """Real CIFAR-10 training images when `root` holds them, else random uint8 images of the same shape."""
-    folder = dataset_dir(root) if root else None
-    if folder is not None and all((folder / name).is_file() for name in TRAIN_FILES):
-        images, labels = (torch.cat(parts) for parts in zip(*(read_batch(folder / name) for name in TRAIN_FILES)))
-        source = "cifar10" if len(images) == 50_000 else f"{len(images)} images from {folder}"
+def dataset_images(spec, root, n=None):
+    """The training images of dataset `spec` (data/datasets.py) when `root` holds them, else random uint8
+    images of the same shape and class count."""
+    folder = dataset_dir(spec, root) if root else None
+    if folder is not None and all((folder / name).is_file() for name in spec.train_files):
+        images, labels = (torch.cat(parts) for parts in zip(*(read_batch(spec, folder / name)
+                                                               for name in spec.train_files)))
+        source = spec.name if len(images) == spec.train_images else f"{len(images)} images from {folder}"
     else:
         generator = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (n or 50_000, 3, 32, 32), dtype=torch.uint8, generator=generator)
-        labels = torch.randint(0, 10, (len(images),), generator=generator)
+        size = spec.image_size
+        images = torch.randint(0, 256, (n or spec.train_images, 3, size, size), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, spec.num_classes, (len(images),), generator=generator)
         source = "random"
     if n is not None:
         images, labels = images[:n], labels[:n]

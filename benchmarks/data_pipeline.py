@@ -1,6 +1,7 @@
 """Data pipeline images/s: ours (uint8 tensor on the device, batched augmentation, DeviceLoader)
 against the conventional one (a torchvision-style dataset of PIL images, torchvision.transforms,
-torch.utils.data.DataLoader with worker processes), with the same augmentation policy.
+torch.utils.data.DataLoader with worker processes), with the same augmentation policy. The dataset's
+image size and AutoAugment policy (data.image_size, data.autoaugment_policy) are passed in.
 """
 import torch
 from omegaconf import OmegaConf
@@ -17,7 +18,7 @@ POLICIES = {  # as conf/augmentation/*.yaml
 
 
 class PILDataset(torch.utils.data.Dataset):
-    """What torchvision.datasets.CIFAR10 does per item: HWC uint8 array -> PIL image -> transform."""
+    """What torchvision.datasets.CIFAR10/CIFAR100 do per item: HWC uint8 array -> PIL image -> transform."""
 
     def __init__(self, images, labels, transform):
         self.data = images.permute(0, 2, 3, 1).numpy()
@@ -31,11 +32,12 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.data[index])), self.targets[index]
 
 
-def conventional_transform(policy, mean, std):
+def conventional_transform(policy, mean, std, autoaugment_policy, image_size):
     normalize = [T.ToTensor(), T.Normalize(mean.tolist(), std.tolist())]
     if policy == "simple":
-        return T.Compose([T.RandomRotation(10), T.RandomCrop(32, padding=2), T.RandomHorizontalFlip(), *normalize])
-    return T.Compose([T.AutoAugment(T.AutoAugmentPolicy.CIFAR10), *normalize])
+        return T.Compose([T.RandomRotation(10), T.RandomCrop(image_size, padding=2), T.RandomHorizontalFlip(),
+                          *normalize])
+    return T.Compose([T.AutoAugment(T.AutoAugmentPolicy(autoaugment_policy)), *normalize])
 
 
 def epoch_runner(loader, device=None):
@@ -49,17 +51,19 @@ def epoch_runner(loader, device=None):
     return run
 
 
-def bench(images, labels, device, batch_size=256, conventional_images=2048, ours_images=16384, workers=2,
-          rounds=3):
-    """One row per policy: images/s of both pipelines, measured in alternating rounds, and their ratio."""
+def bench(images, labels, device, autoaugment_policy, batch_size=256, conventional_images=2048, ours_images=16384,
+          workers=2, rounds=3):
+    """One row per policy: images/s of both pipelines, measured in alternating rounds, and their ratio.
+    `autoaugment_policy`: torchvision's AutoAugmentPolicy value (data.autoaugment_policy)."""
+    image_size = images.shape[-1]
     mean, std = channel_stats(images)
     on_device = images[:ours_images].to(device), labels[:ours_images].to(device)
     rows = []
     for policy, cfg in POLICIES.items():
-        ours = DeviceLoader(*on_device, batch_size, mean, std, augment=Augmentation(OmegaConf.create(cfg)),
-                            shuffle=True, drop_last=True)
+        augment = Augmentation(OmegaConf.create(cfg), policy=autoaugment_policy, image_size=image_size)
+        ours = DeviceLoader(*on_device, batch_size, mean, std, augment=augment, shuffle=True, drop_last=True)
         dataset = PILDataset(images[:conventional_images], labels[:conventional_images],
-                             conventional_transform(policy, mean, std))
+                             conventional_transform(policy, mean, std, autoaugment_policy, image_size))
         # Persistent workers, warmed up by one epoch: their start-up cost is left out in their favour.
         conventional = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                                                    num_workers=workers, persistent_workers=workers > 0)

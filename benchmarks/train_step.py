@@ -1,4 +1,4 @@
-"""Train step images/s: the project's loop (train.train_one_epoch: scheduler, metrics on the device,
+"""Train step images/s: the project's loop (training.engine.Learner: scheduler, metrics on the device,
 progress lines) against a minimal hand-written PyTorch loop, same model, batch and data. The
 project loop also runs with the per-tensor optimizer loop a plain loop gets by default (isolating
 the loop's own overhead) and, on the CPU, on one thread instead of torch's default.
@@ -12,12 +12,13 @@ import io
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from benchmarks.common import interleaved, paired_quartiles, paired_ratio, sync
 from data import DeviceLoader, channel_stats
 from models import build_model
-from training.optim import build_optimizer, build_scheduler
-from train import train_one_epoch
+from training.engine import Learner
+from training.runtime import Runtime
 
 GPU_VARIANTS = {  # name: (precision, channels_last, fused optimizer, compile)
     "fp32": ("fp32", False, False, False),
@@ -37,19 +38,19 @@ def make_loader(images, labels, device, batch_size, steps, channels_last=False):
 
 
 class ProjectLoop:
-    """Everything train.py does per step, through the same function."""
+    """Everything train.py does per step: the engine's Learner (training/engine.py) on a Runtime."""
 
     def __init__(self, cfg, model, loader, device, precision="fp32", fused=None, compile=False, threads=None):
-        self.model, self.loader, self.device, self.threads = model, loader, device, threads
-        self.optimizer = build_optimizer(cfg, model, device.type, fused=fused)  # None: as train.py
-        self.scheduler = build_scheduler(cfg, self.optimizer, len(loader), epochs=10_000)
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        self.autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-        self.forward = torch.compile(model) if compile else model
+        self.loader, self.device, self.threads = loader, device, threads
         # A progress line at least once per measured window (train.py's default is every 50 steps).
-        self.log_every = max(1, min(int(cfg.trainer.log_every or 50), len(loader) // 2))
+        log_every = max(1, min(int(cfg.trainer.log_every or 50), len(loader) // 2))
+        cfg = copy.deepcopy(cfg)
+        for key, value in {"trainer.epochs": 10_000, "trainer.log_every": log_every, "trainer.compile": compile,
+                           "trainer.precision": precision,
+                           "trainer.fused_optimizer": "auto" if fused is None else fused}.items():
+            OmegaConf.update(cfg, key, value)
+        runtime = Runtime(torch.device(device), precision, channels_last=False)  # the loader sets the memory format
+        self.learner = Learner(cfg, runtime, len(loader), model=model)
         self.epoch = 0
 
     def __call__(self):
@@ -58,13 +59,11 @@ class ProjectLoop:
         torch.set_num_threads(self.threads or default_threads)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                _, _, seen = train_one_epoch(self.model, self.forward, self.loader, self.optimizer, self.scheduler,
-                                             self.criterion, self.autocast, self.scaler, log_every=self.log_every,
-                                             epoch=self.epoch)
+                self.learner.train_epoch(self.loader, self.epoch)
             sync(self.device)
         finally:
             torch.set_num_threads(default_threads)
-        return seen
+        return len(self.loader) * self.loader.batch_size  # drop_last: whole batches only
 
 
 class PlainLoop:

@@ -40,6 +40,7 @@ class DeviceLoader:
         self.batches_per_chunk = max(1, chunk_images // batch_size)
         # Dropping a short last batch keeps BatchNorm away from 1-image batches, but never empties an epoch.
         self.drop_last = drop_last and len(images) >= batch_size
+        self.mean, self.std = mean, std  # [0, 1] units, per channel
         # (x - mean) / std as one multiply-add on the uint8 values: x * scale + offset.
         self.scale = (1 / (std * 255)).view(1, -1, 1, 1).to(images.device)
         self.offset = (-mean / std).view(1, -1, 1, 1).to(images.device)

@@ -1,4 +1,8 @@
-from models.build import ParamReport, build_model, param_report
-from models.resnet import ModelConfigError, ResNet
+from errors import ModelConfigError
+from models.blocks import BLOCKS, BlockSpec, ResidualBlock, register_block
+from models.build import build_model, param_report
+from models.report import ParamReport
+from models.resnet import ResNet
 
-__all__ = ["ParamReport", "ModelConfigError", "ResNet", "build_model", "param_report"]
+__all__ = ["BLOCKS", "BlockSpec", "ModelConfigError", "ParamReport", "ResNet", "ResidualBlock", "build_model",
+           "param_report", "register_block"]

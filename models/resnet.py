@@ -1,130 +1,65 @@
 """The paper's flexible ResNet: a stem, an ordered list of residual layers, a linear head.
 
-Rules that reproduce the paper's parameter counts (4,997,194 for the final model):
-every conv has bias=False and is followed by BatchNorm; bottlenecks reduce the block's
-*output* width by `reduction` (no 4x expansion); the shortcut is identity when shapes
-match, else a plain strided 1x1 conv without BatchNorm.
+The model, its parameter count, its FLOPs and its shape check all come from the same specs: the stem
+and the head are stated here once as ops (models/ops.py), the blocks by their classes
+(models/blocks.py), and `layout` is the one place that says how blocks chain (channels flow on; stride
+2 on the first block of every layer after the first). Rules that reproduce the paper's counts
+(4,997,194 for the final model): every conv has bias=False and is followed by BatchNorm, stem included.
 """
-from dataclasses import dataclass
-
-import torch
 from torch import nn
 
-from errors import ModelConfigError  # noqa: F401 - re-exported by models
+from models import ops
+from models.blocks import BlockSpec, block_class
+from models.specs import ModelSpec
 
 
-@dataclass(frozen=True)
-class StemSpec:
-    name: str
-    channels: int
-    kernel_size: int
-    stride: int
-    padding: int
-    maxpool: bool
+def stem_ops(spec: ModelSpec):
+    """conv k x k (stride s, padding p) -> BN -> ReLU [-> 3x3 max-pool stride 2]."""
+    stem = spec.stem
+    layers = (ops.Conv(spec.in_channels, stem.channels, stem.kernel_size, stem.stride, stem.padding),
+              ops.BatchNorm(stem.channels, spec.bn_momentum), ops.ReLU())
+    return layers + ((ops.Pool("max", 3, 2, 1),) if stem.maxpool else ())
 
 
-@dataclass(frozen=True)
-class LayerSpec:
-    name: str
-    block: str  # "basic" | "bottleneck"
-    blocks: int
-    channels: int
-    dropout: float
-    kernel_size: int
+def head_ops(spec: ModelSpec, c_in):
+    """Global average pool -> flatten -> linear to the classes."""
+    return ops.GlobalAvgPool(), ops.Flatten(), ops.Linear(c_in, spec.num_classes)
 
 
-def conv_bn(c_in, c_out, kernel_size, stride=1, padding=0):
-    return [nn.Conv2d(c_in, c_out, kernel_size, stride, padding, bias=False), nn.BatchNorm2d(c_out)]
+def layout(spec: ModelSpec):
+    """Every residual layer with its blocks: ((layer spec, ((block class, BlockSpec), ...)), ...).
 
-
-def spatial_conv(c_in, c_out, kernel_size, stride, k2_design, second):
-    """A k x k conv + BN that keeps resolution (divided by stride).
-
-    Kernel 2 cannot be padded symmetrically, so the paper has two designs:
-    `pad`: first conv k2 p1 (+1 pixel), second conv k2 p0 (-1 pixel);
-    `avgpool`: every k2 p1 conv is followed by AvgPool(2, stride 1) (-1 pixel).
-    """
-    if kernel_size != 2:
-        return conv_bn(c_in, c_out, kernel_size, stride, kernel_size // 2)
-    if k2_design == "pad":
-        return conv_bn(c_in, c_out, 2, stride, 0 if second else 1)
-    conv, bn = conv_bn(c_in, c_out, 2, stride, 1)
-    return [conv, nn.AvgPool2d(2, stride=1), bn]
-
-
-class Shortcut(nn.Module):
-    def __init__(self, c_in, c_out, stride):
-        super().__init__()
-        self.proj = None if (c_in == c_out and stride == 1) else nn.Conv2d(c_in, c_out, 1, stride, bias=False)
-
-    def forward(self, x):
-        return x if self.proj is None else self.proj(x)
-
-
-class BasicBlock(nn.Module):
-    """conv n (stride s) -> BN -> ReLU -> Dropout -> conv n -> BN, + shortcut, ReLU."""
-
-    def __init__(self, c_in, c_out, stride, kernel_size, dropout, k2_design):
-        super().__init__()
-        self.body = nn.Sequential(
-            *spatial_conv(c_in, c_out, kernel_size, stride, k2_design, second=False),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            *spatial_conv(c_out, c_out, kernel_size, 1, k2_design, second=True),
-        )
-        self.shortcut = Shortcut(c_in, c_out, stride)
-
-    def forward(self, x):
-        return torch.relu(self.body(x) + self.shortcut(x))
-
-
-class BottleneckBlock(nn.Module):
-    """1x1 -> C/k, n x n (stride s) -> C/k with Dropout, 1x1 -> C; + shortcut, ReLU."""
-
-    def __init__(self, c_in, c_out, stride, kernel_size, dropout, k2_design, reduction):
-        super().__init__()
-        mid = c_out // reduction
-        self.body = nn.Sequential(
-            *conv_bn(c_in, mid, 1),
-            nn.ReLU(inplace=True),
-            *spatial_conv(mid, mid, kernel_size, stride, k2_design, second=False),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            *conv_bn(mid, c_out, 1),
-        )
-        self.shortcut = Shortcut(c_in, c_out, stride)
-
-    def forward(self, x):
-        return torch.relu(self.body(x) + self.shortcut(x))
-
-
-def make_stem(spec: StemSpec, in_channels=3):
-    layers = [*conv_bn(in_channels, spec.channels, spec.kernel_size, spec.stride, spec.padding), nn.ReLU(inplace=True)]
-    if spec.maxpool:
-        layers.append(nn.MaxPool2d(3, stride=2, padding=1))
-    return nn.Sequential(*layers)
+    Each block class checks its specs here, so no spec it cannot build reaches a count or a module."""
+    result, c_in = [], spec.stem.channels
+    for position, layer in enumerate(spec.layers):
+        where = f"model.layers.{layer.name}"
+        cls = block_class(layer.block, f"{where}.block")
+        shared = (layer.kernel_size, layer.dropout, spec.k2_design, spec.reduction, spec.bn_momentum)
+        first = BlockSpec(c_in, layer.channels, 2 if position > 0 else 1, *shared)
+        rest = BlockSpec(layer.channels, layer.channels, 1, *shared)  # every later block of the layer is alike
+        cls.check(first, where)
+        if layer.blocks > 1:
+            cls.check(rest, where)
+        result.append((layer, ((cls, first),) + ((cls, rest),) * (layer.blocks - 1)))
+        c_in = layer.channels
+    return tuple(result)
 
 
 class ResNet(nn.Module):
-    def __init__(self, stem: StemSpec, layers: list[LayerSpec], num_classes=10,
-                 bottleneck_reduction=4, k2_design="pad"):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.stem = make_stem(stem)
+        self.spec = spec
+        self.stem = nn.Sequential(*ops.build(stem_ops(spec)))
         self.layers = nn.ModuleDict()
-        c_in = stem.channels
-        for index, layer in enumerate(layers):
-            blocks = []
-            for b in range(layer.blocks):
-                stride = 2 if (index > 0 and b == 0) else 1
-                if layer.block == "basic":
-                    block = BasicBlock(c_in, layer.channels, stride, layer.kernel_size, layer.dropout, k2_design)
-                else:
-                    block = BottleneckBlock(c_in, layer.channels, stride, layer.kernel_size, layer.dropout,
-                                            k2_design, bottleneck_reduction)
-                blocks.append(block)
-                c_in = layer.channels
-            self.layers[layer.name] = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+        c_in = spec.stem.channels
+        for layer, blocks in layout(spec):
+            self.layers[layer.name] = nn.Sequential(*(cls(block) for cls, block in blocks))
+            c_in = layer.channels
+        self.head = nn.Sequential(*ops.build(head_ops(spec, c_in)))
+        if spec.zero_init_residual:  # each residual branch starts at zero: every block begins as its shortcut
+            for layer in self.layers.values():
+                for block in layer:
+                    nn.init.zeros_(block.last_bn().weight)
 
     def forward(self, x):
         x = self.stem(x)

@@ -13,7 +13,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,11 +25,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from data import channel_stats, load_cifar10  # noqa: E402
-from data.cifar10 import FOLDER, TEST_FILES, TRAIN_FILES, dataset_dir  # noqa: E402
+from data import channel_stats, dataset_dir, load_dataset  # noqa: E402
+from data.datasets import CIFAR10  # noqa: E402  (this check reads CIFAR-10: the md5 tables below are its files)
 from models import build_model, param_report  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
+FOLDER, TRAIN_FILES, TEST_FILES = CIFAR10.folder, CIFAR10.train_files, CIFAR10.test_files
 # md5 of the project's copy (../shared/cifar10) and of the official archive's files (torchvision's list).
 PROJECT_MD5 = {"data_batch_1": "bbb76f363417a999763dc51d075cb5cb", "data_batch_2": "1c2815e021ad55cde9cc13a6b6d59abe",
                "data_batch_3": "4e2d9f252efb3f70c772dd414b4bdc60", "data_batch_4": "bf027ff970ebb2b680514b83987cd535",
@@ -60,7 +60,7 @@ def md5(path):
 
 def describe_data(root, log):
     """Exactly which files the check reads: path, size, md5 and whose copy that md5 is."""
-    directory = dataset_dir(root).resolve()
+    directory = dataset_dir(CIFAR10, root).resolve()
     log(f"data: {directory}")
     files = []
     for name in TRAIN_FILES + TEST_FILES:
@@ -141,13 +141,10 @@ def throughput(cfg, images, labels, device, precision, channels_last, compile_mo
     return {"images_per_s": steps * len(x) / elapsed, "warmup_s": warm_s, "batch_size": len(x), "steps": steps}
 
 
-def run_training(overrides, budget_s, log, workdir, use_shim):
-    """train.py recipe=fast as a child process; its lines are echoed, its metrics read back."""
+def run_training(overrides, budget_s, log, workdir):
+    """train.py recipe=fast as a child process; its lines are echoed (its metrics are read from the
+    run's metrics.jsonl afterwards)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    shim_log = Path(workdir) / "mlflow_shim.jsonl"
-    if use_shim:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "scripts" / "mlflow_shim"), env.get("PYTHONPATH")]))
-        env["GPU_CHECK_MLFLOW_LOG"] = str(shim_log)
     command = [sys.executable, str(ROOT / "train.py"), *overrides]
     log("$ " + " ".join(["python", "train.py", *overrides]))
     started = time.perf_counter()
@@ -169,20 +166,18 @@ def run_training(overrides, budget_s, log, workdir, use_shim):
     return process.returncode, lines, time.perf_counter() - started
 
 
-def parse_epochs(lines):
-    epochs, test = [], None
-    pattern = re.compile(r"^epoch (\d+)/(\d+) \| train loss ([\d.]+) acc ([\d.]+)%(?: \| val loss ([\d.]+) acc ([\d.]+)%)?"
-                         r".*?\| ([\d,]+) img/s")
-    for line in lines:
-        match = pattern.match(line)
-        if match:
-            epochs.append({"epoch": int(match[1]), "train_loss": float(match[3]), "train_acc": float(match[4]) / 100,
-                           "val_loss": float(match[5]) if match[5] else None,
-                           "val_acc": float(match[6]) / 100 if match[6] else None,
-                           "images_per_s": float(match[7].replace(",", ""))})
-        found = re.match(r"^test loss ([\d.]+) acc ([\d.]+)%", line)
-        if found:
-            test = {"test_loss": float(found[1]), "test_acc": float(found[2]) / 100}
+def read_epochs(run_dir):
+    """Per-epoch rows and the final result from the run's metrics.jsonl (training/tracking.py writes it)."""
+    from training.tracking import RECORDS_FILE, read_records
+    path = Path(run_dir) / RECORDS_FILE
+    if not path.is_file():
+        return [], None
+    records = read_records(path)
+    epochs = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_acc": r["train_acc"],
+               "val_loss": r.get("val_loss"), "val_acc": r.get("val_acc"), "images_per_s": r["images_per_sec"]}
+              for r in records if r["kind"] == "epoch"]
+    final = [r for r in records if r["kind"] == "final"]
+    test = {"test_loss": final[-1]["test_loss"], "test_acc": final[-1]["test_acc"]} if final else None
     return epochs, test
 
 
@@ -234,9 +229,9 @@ def main():
             f"class-coloured noise), CIFAR10_ROOT is not read")
     else:
         root = os.environ.get("CIFAR10_ROOT", ".gpudata")
-    result["data"] = {"root": str(dataset_dir(root).resolve()), "synthetic": args.smoke,
+    result["data"] = {"root": str(dataset_dir(CIFAR10, root).resolve()), "synthetic": args.smoke,
                       "files": describe_data(root, log)}
-    splits = load_cifar10(root, expected_train=len(TRAIN_FILES) * per_file if args.smoke else 50_000,
+    splits = load_dataset(CIFAR10, root, expected_train=len(TRAIN_FILES) * per_file if args.smoke else 50_000,
                           expected_test=per_file if args.smoke else 10_000)
     train_x, train_y = splits["train"]
     log(f"  loaded {len(train_x):,} training and {len(splits['test'][0]):,} test images")
@@ -302,25 +297,19 @@ def main():
         f"probe {probe['images_per_s']:,.0f} img/s ({probe_precision}, eager) -> ~{epoch_s:.1f} s per epoch; "
         f"compile: x{speedup:.2f} for ~{compile_s:.0f} s -> {'on' if use_compile else 'off'} | {left:.0f} s left: "
         f"{epochs} epochs")
-    try:
-        import mlflow  # noqa: F401
-        use_shim = False
-    except ImportError:
-        use_shim = True
-        log("  MLflow is not installed here: train.py logs through scripts/mlflow_shim (JSON lines), "
-            "and the metrics below are parsed from train.py's own output")
     db = Path(workdir) / "mlflow.db"
     overrides = fast_overrides + [f"trainer.epochs={epochs}", f"trainer.compile={str(use_compile).lower()}",
-                                  f"data.root={dataset_dir(root).resolve()}", f"mlflow.tracking_uri=sqlite:///{db}",
+                                  f"data.root={dataset_dir(CIFAR10, root).resolve()}",
+                                  f"mlflow.tracking_uri=sqlite:///{db}",
                                   "mlflow.log_model=false", "trainer.log_every=0", f"hydra.run.dir={workdir}/run"]
     if device.type != "cuda":
         overrides.append("trainer.precision=fp32")  # CPU bf16 autocast is slow without AMX; the smoke checks the path
-    rc, lines, wall = run_training(overrides, deadline - time.time() + 30, log, workdir, use_shim)
-    epochs_seen, test = parse_epochs(lines)
+    rc, lines, wall = run_training(overrides, deadline - time.time() + 30, log, workdir)
+    epochs_seen, test = read_epochs(f"{workdir}/run")
     result["recipe_fast"] = {"overrides": overrides, "planned_epochs": epochs, "returncode": rc, "wall_s": wall,
                              "params": fast_report.total, "compile": use_compile, "probe": probe,
                              "epochs": epochs_seen, "test": test}
-    if not use_shim and rc == 0:
+    if rc == 0:
         result["recipe_fast"]["mlflow"] = read_mlflow_metrics(db)
     log(f"\nsummary: {gpu}")
     for name, rate in rates.items():

@@ -4,8 +4,8 @@
 #   CIFAR10_ROOT=.gpudata scripts/gpu_check.sh            # on the GPU machine; writes $OUT/gpu_check.{log,json}
 #   CIFAR10_ROOT=../shared/cifar10 scripts/gpu_check.sh --smoke   # the same path on a CPU, tiny settings
 # The GPU image has PyTorch but not Hydra/OmegaConf: carry the wheels scripts/fetch_gpu_wheels.sh puts
-# in .whl/ and they are installed into /tmp/gpu_check_site here. MLflow, when absent, is replaced by a
-# recording shim (scripts/mlflow_shim). Extra arguments go to scripts/gpu_check.py (--budget, --max-epochs).
+# in .whl/ and they are installed into /tmp/gpu_check_site here (real MLflow and Optuna, no stand-ins).
+# Extra arguments go to scripts/gpu_check.py (--budget, --max-epochs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi

@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic CIFAR-10 in the real batch format, composed configs, a tmp MLflow store."""
+"""Shared fixtures: synthetic CIFAR-10 and CIFAR-100 in their real file formats, composed configs, a tmp
+MLflow store."""
 import os
 import pickle
 from pathlib import Path
@@ -12,14 +13,19 @@ CONF_DIR = str(REPO / "conf")
 SHARED_CIFAR = REPO.parent / "shared" / "cifar10"
 
 
-def synthetic_images(n, seed):
-    """Learnable fake CIFAR: each class has its own colour and a bright square at its own place."""
+def synthetic_images(n, seed, num_classes=10):
+    """Learnable fake CIFAR: each class has its own colour and a bright square at its own place
+    (with 100 classes: ten places times ten shades)."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n)
+    labels = rng.integers(0, num_classes, n)
     images = rng.integers(0, 60, (n, 3, 32, 32), dtype=np.uint8)
     for i, label in enumerate(labels):
-        images[i, label % 3] += 100
-        row, col = divmod(int(label), 5)
+        if num_classes <= 10:
+            images[i, label % 3] += 100
+        else:
+            for channel in range(3):  # label // 10 in base 3, one digit per channel
+                images[i, channel] += np.uint8(45 * (label // 10 // 3 ** channel % 3))
+        row, col = divmod(int(label % 10), 5)
         images[i, :, 4 + row * 14:14 + row * 14, 2 + col * 6:8 + col * 6] = 230
     return images.reshape(n, -1), labels.tolist()
 
@@ -42,6 +48,33 @@ def write_cifar(root, per_file=100, test=200, seed=0):
     return Path(root)
 
 
+def write_cifar100_file(path, images, fine_labels, **extra):
+    """One file in the official cifar-100-python format (as its Python-2 pickles load with latin1)."""
+    entry = {"filenames": [f"{i}.png" for i in range(len(fine_labels))], "batch_label": f"{path.name} batch 1 of 1",
+             "fine_labels": fine_labels, "coarse_labels": [label // 5 for label in fine_labels], "data": images}
+    entry.update(extra)
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+
+
+def write_cifar100(root, train=500, test=200, seed=0):
+    """Write train, test and meta under root/cifar-100-python: 100 fine classes (synthetic coarse labels)."""
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_cifar100_file(folder / "train", *synthetic_images(train, seed + 1, num_classes=100))
+    write_cifar100_file(folder / "test", *synthetic_images(test, seed + 100, num_classes=100))
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"fine{i}" for i in range(100)],
+                     "coarse_label_names": [f"coarse{i}" for i in range(20)]}, f, protocol=2)
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def cifar100_root(tmp_path_factory):
+    """Synthetic CIFAR-100: 500 training images, 200 test images."""
+    return write_cifar100(tmp_path_factory.mktemp("cifar100"))
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory):
     """Synthetic CIFAR-10: 5 x 100 training images, 200 test images."""
@@ -56,6 +89,19 @@ def small_data_overrides(root, store):
 def compose_cfg(overrides=()):
     with initialize_config_dir(config_dir=CONF_DIR):
         return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def local_http(tmp_path):
+    """Serve tmp_path over HTTP on 127.0.0.1, so the download path runs without a network."""
+    import functools
+    import http.server
+    import threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
 
 
 @pytest.fixture

@@ -146,9 +146,11 @@ def test_autoaugment_changes_most_images_and_follows_the_policy(images):
     assert aa.op_names[aa.op[p, step, 0]] == op_name and aa.probability[p, step] == pytest.approx(probability)
 
 
-def test_batched_autoaugment_equals_torchvision_image_by_image(images):
+@pytest.mark.parametrize("policy", ["cifar10", "imagenet", "svhn"])  # data.autoaugment_policy
+def test_batched_autoaugment_equals_torchvision_image_by_image(images, policy):
     """The sorted, batched path applies to each image exactly the ops its own draws pick."""
-    aa = BatchedAutoAugment()
+    aa = Augmentation(OmegaConf.create({"name": "autoaugment"}), policy=policy).autoaugment
+    assert aa.policies == tv_autoaugment.AutoAugment(tv_autoaugment.AutoAugmentPolicy(policy)).policies
     out = aa(images, gen(5))
     choice, ops, signs = aa.draw(len(images), images.device, gen(5))
     assert (ops >= 0).any(1).float().mean() > 0.5  # most images get at least one op
@@ -165,3 +167,21 @@ def test_batched_autoaugment_equals_torchvision_image_by_image(images):
 def test_unknown_policy_is_named():
     with pytest.raises(ValueError, match="augmentation.name='fancy' is unknown"):
         Augmentation(OmegaConf.create({"name": "fancy"}))
+
+
+def test_autoaugment_follows_the_dataset_image_size(images):
+    """Translations are a fraction of the image width (torchvision: 150/331 of it at full magnitude)."""
+    small = images[:, :, :24, :24].contiguous()
+    aa = Augmentation(OmegaConf.create({"name": "autoaugment"}), image_size=24).autoaugment
+    assert aa.image_size == (24, 24)
+    space = tv_autoaugment.AutoAugment()._augmentation_space(10, (24, 24))
+    translate = aa.op_names.index("TranslateX")
+    assert aa.magnitude[aa.op == translate].abs().max() <= float(space["TranslateX"][0].max())
+    out = aa(small, gen())
+    assert out.shape == small.shape and out.dtype == torch.uint8
+
+
+def test_unknown_autoaugment_policy_is_named():
+    from errors import ConfigError
+    with pytest.raises(ConfigError, match="data.autoaugment_policy=cifar100: use one of cifar10, imagenet, svhn"):
+        Augmentation(OmegaConf.create({"name": "none"}), policy="cifar100")

@@ -1,6 +1,6 @@
 """Bad input: each is one clear line before any training, and nothing reaches the stores.
 
-Most cases run in this process through train.train() (imports paid once); a few run train.py as
+Most cases run in this process through training.app.run() (imports paid once); a few run train.py as
 real subprocesses, all at once, to prove the exit codes and that no traceback is printed.
 """
 import subprocess
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-import train
+from errors import TrackingError, UserError
+from training import app
 from tests.conftest import compose_cfg
 from tests.faultkit import REPO, data_overrides, free_port, train_env, write_cifar
 
@@ -26,29 +27,52 @@ def data(tmp_path_factory):
 
 CASES = [  # (id, overrides, dataset, message that must appear)
     ("unknown block", ["model.layers.layer1.block=inverted"], "good",
-     "model.layers.layer1.block='inverted' is unknown: use one of basic, bottleneck"),
-    ("unknown optimizer", ["optimizer.name=lamb"], "good", "optimizer.name='lamb' is unknown: use one of"),
-    ("unknown scheduler", ["scheduler.name=warm"], "good", "scheduler.name='warm' is unknown: use one of"),
-    ("unknown augmentation", ["augmentation.name=mixup"], "good", "augmentation.name='mixup' is unknown"),
-    ("zero blocks", ["model.layers.layer2.blocks=0"], "good", "model.layers.layer2.blocks=0: a layer needs at least 1 block"),
+     "model.layers.layer1.block=inverted: use one of basic, bottleneck"),
+    ("unknown optimizer", ["optimizer.name=lamb"], "good", "optimizer.name=lamb: use one of adam, adamw, sgd"),
+    ("unknown scheduler", ["scheduler.name=warm"], "good", "scheduler.name=warm: use one of constant, cosine"),
+    ("unknown augmentation", ["augmentation.name=mixup"], "good", "augmentation.name=mixup: use one of none, simple, autoaugment"),
+    ("zero blocks", ["model.layers.layer2.blocks=0"], "good", "model.layers.layer2.blocks=0: must be an integer >= 1"),
     ("negative blocks", ["model.layers.layer1.blocks=-2"], "good", "model.layers.layer1.blocks=-2"),
-    ("zero channels", ["model.layers.layer1.channels=0"], "good", "model.layers.layer1.channels=0: channels must be"),
+    ("zero channels", ["model.layers.layer1.channels=0"], "good", "model.layers.layer1.channels=0: must be an integer >= 1"),
     ("negative channels", ["model.layers.layer3.channels=-64"], "good", "model.layers.layer3.channels=-64"),
-    ("zero stem channels", ["stem.channels=0"], "good", "stem 'conv5x5': channels, kernel_size and stride must be > 0"),
-    ("dropout 1", ["model.dropout=1.0"], "good", "dropout=1.0: dropout must be in [0, 1)"),
-    ("negative dropout", ["model.layers.layer2.dropout=-0.1"], "good", "model.layers.layer2.dropout=-0.1: dropout must be in [0, 1)"),
+    ("zero stem channels", ["stem.channels=0"], "good", "stem.channels=0: must be an integer >= 1"),
+    ("dropout 1", ["model.dropout=1.0"], "good", "model.dropout=1.0: must be a number in [0, 1), or null"),
+    ("negative dropout", ["model.layers.layer2.dropout=-0.1"], "good", "model.layers.layer2.dropout=-0.1: must be a number in [0, 1), or null"),
     ("bottleneck channels", ["model.layers.layer3.channels=130"], "good",
      "bottleneck channels 130 are not divisible by blocks.bottleneck_reduction=4"),
     ("kernel-2 with 5x5 stem", ["model=resnet18_k2_pad", "stem=conv5x5"], "good",
      "Kernel-2 blocks need even feature maps at each stride-2 block: use stem=conv3x3"),
-    ("batch size 0", ["trainer.batch_size=0"], "good", "trainer.batch_size=0 must be a positive integer"),
-    ("negative batch size", ["trainer.batch_size=-32"], "good", "trainer.batch_size=-32 must be a positive integer"),
+    ("batch size 0", ["trainer.batch_size=0"], "good", "trainer.batch_size=0: must be an integer >= 1"),
+    ("negative batch size", ["trainer.batch_size=-32"], "good", "trainer.batch_size=-32: must be an integer >= 1"),
     ("fused optimizer setting", ["trainer.fused_optimizer=maybe"], "good",
-     "trainer.fused_optimizer='maybe' is unknown: use auto, true or false"),
+     "trainer.fused_optimizer=maybe: use one of auto, true, false"),
     ("missing dataset", [], "missing", "CIFAR-10 not found"),
     ("corrupted dataset", [], "corrupt", "as a CIFAR-10 batch"),
     ("dataset of the wrong size", ["data.train_images=50000"], "good", "expected 50,000 images"),
+    ("missing CIFAR-100", ["data=cifar100"], "missing", "CIFAR-100 not found"),
+    ("class count against the dataset", ["data=cifar100", "data.num_classes=10"], "good",
+     "data.num_classes=10: cifar100 has 100; remove the override"),
+    ("model head against the dataset", ["model.num_classes=5"], "good",
+     "model.num_classes=5: must equal data.num_classes=10 for cifar10"),
+    ("validation split too large", ["data.val_size=50000"], "good", "data.val_size=50000: must be an integer in [0,"),
+    ("unknown AutoAugment policy", ["data.autoaugment_policy=cifar100"], "good",
+     "data.autoaugment_policy=cifar100: use one of cifar10, imagenet, svhn"),
     ("over budget", ["model=resnet18"], "good", "over the budget of 5,000,000"),
+    # The schema's pass (training/schema.py): a word for a number, values out of range, unknown keys.
+    ("a word for a number", ["model.depth_mult=abc"], "good", "model.depth_mult=abc: must be a number > 0"),
+    ("a word for an integer", ["trainer.epochs=ten"], "good", "trainer.epochs=ten: must be an integer >= 1"),
+    ("negative weight decay", ["optimizer.weight_decay=-0.1"], "good", "optimizer.weight_decay=-0.1: must be a number >= 0"),
+    ("negative gradient clip", ["trainer.grad_clip=-1.0"], "good", "trainer.grad_clip=-1.0: must be a number > 0, or null"),
+    ("label smoothing above 1", ["trainer.label_smoothing=1.5"], "good",
+     "trainer.label_smoothing=1.5: must be a number in [0, 1)"),
+    ("zero classes", ["model.num_classes=0"], "good", "model.num_classes=0: must be an integer >= 1"),
+    ("unwritable checkpoint folder", ["trainer.checkpoint_dir=/proc/checkpoints"], "good",
+     "trainer.checkpoint_dir=/proc/checkpoints: must be a folder this process can create and write to"),
+    ("a file as checkpoint folder", ["trainer.checkpoint_dir=/etc/hostname/ckpt"], "good", "/etc/hostname is not a folder"),
+    ("betas of the wrong length", ["optimizer.betas=[0.9]"], "good", "optimizer.betas=[0.9]: must be a list of 2 numbers"),
+    ("unknown key", ["+trainer.foo=1"], "good", "trainer.foo=1: not a config key; trainer has epochs, batch_size"),
+    ("unresolvable interpolation", ["data.root=${oc.env:NO_SUCH_VARIABLE_9137}"], "good",
+     "data.root: cannot be resolved: "),
 ]
 
 
@@ -59,8 +83,8 @@ def test_bad_input_stops_before_training_and_writes_nothing(overrides, dataset, 
     store = tmp_path / "mlflow.db"
     cfg = compose_cfg(["model=tiny", *data_overrides(data[dataset]), f"mlflow.tracking_uri=sqlite:///{store}",
                        "trainer.epochs=1", *overrides])
-    with pytest.raises(train.USER_ERRORS) as caught:
-        train.train(cfg)
+    with pytest.raises(UserError) as caught:
+        app.run(cfg)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
     assert not store.exists()  # no store, so no run in it
@@ -71,15 +95,18 @@ def test_unreachable_tracking_server_fails_in_seconds(data):
     port = free_port()  # bound and released: nothing listens there
     cfg = compose_cfg(["model=tiny", *data_overrides(data["missing"]), f"mlflow.tracking_uri=http://127.0.0.1:{port}"])
     started = time.perf_counter()
-    with pytest.raises(train.TrackingError, match=f"http://127.0.0.1:{port} cannot be reached"):
-        train.train(cfg)  # the dataset is missing too: the store is checked first, before any data
+    with pytest.raises(TrackingError, match=f"http://127.0.0.1:{port} cannot be reached"):
+        app.run(cfg)  # the dataset is missing too: the store is checked first, before any data
     assert time.perf_counter() - started < 5
 
 
 SUBPROCESS_CASES = {  # id: (arguments, exit code, text on stderr)
     "unknown stem group option": (["stem=foo"], 1, "Could not find 'stem/foo'"),
     "unknown block": (["model.layers.layer1.block=foo"], 2,
-                      "error: model.layers.layer1.block='foo' is unknown: use one of basic, bottleneck"),
+                      "error: model.layers.layer1.block=foo: use one of basic, bottleneck"),
+    "negative weight decay": (["optimizer.weight_decay=-0.1"], 2,
+                              "error: optimizer.weight_decay=-0.1: must be a number >= 0"),
+    "a word for a number": (["model.depth_mult=abc"], 2, "error: model.depth_mult=abc: must be a number > 0"),
     "corrupted dataset": (["data.root={corrupt}"], 2, "error: cannot read "),
     "unreachable tracking server": (["data.root={missing}", "mlflow.tracking_uri=http://127.0.0.1:{port}"], 2,
                                     "error: MLflow tracking server http://127.0.0.1:{port} cannot be reached"),

@@ -11,6 +11,7 @@ import torch
 from tests.conftest import compose_cfg
 from tests.faultkit import REPO, fresh_sqlite_store, tiny_overrides, train_env, write_cifar
 from training import checkpoint
+from training.tracking import Tracker
 
 EPOCHS = 8
 
@@ -52,12 +53,12 @@ def test_sigkilled_training_resumes_into_the_same_run(tmp_path, monkeypatch):
     assert not ckpt.exists()  # finished runs drop their checkpoint
 
     # Same config, never interrupted, in this process: RNG, optimizer and schedule restored exactly.
-    import train
+    from training import app
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the subprocesses
     try:
-        train.train(compose_cfg(overrides + ["mlflow.experiment=reference"]))
+        app.run(compose_cfg(overrides + ["mlflow.experiment=reference"]))
     finally:
         torch.set_num_threads(threads)
     [ref] = client.search_runs([client.get_experiment_by_name("reference").experiment_id])
@@ -94,13 +95,13 @@ def test_a_half_written_checkpoint_is_never_loaded(tmp_path, monkeypatch):
     assert 0 < partial.stat().st_size < path.stat().st_size
     with pytest.raises(Exception):
         torch.load(partial, weights_only=True)  # it really is unreadable
-    loaded = checkpoint.load(path, cfg)
+    loaded = checkpoint.load(path, cfg, Tracker(cfg))
     assert loaded["epoch"] == 1 and torch.equal(loaded["weights"], torch.arange(1000.0))
 
     # A damaged file in place of last.pt (a disk fault, not our write) is named, not half-used.
     path.write_bytes(partial.read_bytes())
     with pytest.raises(checkpoint.CheckpointError, match="cannot be read.*trainer.resume=false"):
-        checkpoint.load(path, cfg)
+        checkpoint.load(path, cfg, Tracker(cfg))
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
@@ -110,7 +111,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
                          "optimizer=sgd"])
     checkpoint.save(checkpoint.checkpoint_path(cfg), {"config_key": checkpoint.config_key(cfg), "epoch": 1})
     with pytest.raises(checkpoint.CheckpointError, match="different config"):
-        checkpoint.load(checkpoint.checkpoint_path(other), other)
+        checkpoint.load(checkpoint.checkpoint_path(other), other, Tracker(other))
     # The default folder is the same for the same command, with or without resume, and differs otherwise.
     plain = compose_cfg(["model=tiny"])
     assert checkpoint.checkpoint_path(plain) == checkpoint.checkpoint_path(

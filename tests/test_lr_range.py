@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import compose_cfg, small_data_overrides
 
-import train as train_module
-from training.lr_range import check_settings, load_suggestion, scan, suggest
+from training import app
+from training.lr_bounds import load_suggestion, suggest
+from training.lr_range import check_settings, scan
 from training.optim import OptimConfigError, build_optimizer, build_scheduler
 
 SETTINGS = dict(min_lr=1e-5, max_lr=10.0, steps=200, smoothing=0.9, divergence=4.0, rule="steepest",
@@ -60,7 +61,7 @@ def test_range_test_end_to_end_then_cyclic_bounds(cifar_root, mlflow_store, monk
     cfg = config("model=tiny", "task=lr_range_test", *small_data_overrides(cifar_root, mlflow_store),
                  "trainer.batch_size=16", "lr_range.steps=40", "lr_range.min_lr=1e-4", "lr_range.max_lr=10",
                  "lr_range.smoothing=0.8")
-    result = train_module.train(cfg)
+    result = app.run(cfg)
     printed = capsys.readouterr().out
     assert "suggested cyclic LR" in printed and "scheduler.bounds_from=" in printed
 

@@ -1,15 +1,14 @@
 """A real `mlflow server` (sqlite backend, served artifacts) on 127.0.0.1: a single run and a sweep
 logged to it, checked through MLflow's REST API, and the MLflow UI in headless Chromium."""
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 
 import pytest
 import torch
 
+from tests.browser import browser, page_text, wait_for_text  # noqa: F401 - browser is a fixture
 from tests.conftest import compose_cfg
 from tests.faultkit import (REPO, free_port, rest, start_mlflow_server, stop_process_group, sweep_args,
                             tiny_overrides, train_env, wait_for_port, write_cifar)
@@ -59,12 +58,12 @@ def history(url, run_id, key):
 
 
 def test_a_single_run_logged_to_the_server(server, data, tmp_path, monkeypatch):
-    import train
+    from training import app
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        val_acc = train.train(compose_cfg(tiny_overrides(data, server, epochs=2)
+        val_acc = app.run(compose_cfg(tiny_overrides(data, server, epochs=2)
                                           + ["mlflow.experiment=single", "mlflow.run_name=one-run",
                                              "mlflow.log_model=true"]))
     finally:
@@ -77,8 +76,10 @@ def test_a_single_run_logged_to_the_server(server, data, tmp_path, monkeypatch):
     assert history(server, run["info"]["run_id"], "val_acc")[-1][1] == pytest.approx(val_acc)
     # Artifacts went through the server (--artifacts-destination), not to a local path of the client.
     listed = rest(server, "artifacts/list?" + urllib.parse.urlencode({"run_id": run["info"]["run_id"]}))
-    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "model"} <= {
+    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "metrics.jsonl"} <= {
         f["path"] for f in listed["files"]}
+    assert run["data"]["tags"] and any(t["key"] == "model_uri" and t["value"].startswith("models:/")
+                                       for t in run["data"]["tags"])
 
 
 @pytest.fixture(scope="module")
@@ -111,41 +112,6 @@ def test_a_sweep_logs_one_parent_and_a_child_per_trial(server, sweep):
     assert parent_metrics["best_value"] == pytest.approx(history(server, best["info"]["run_id"], "val_acc")[-1][1])
     # The same filter the UI's search box takes:
     assert len(search(server, sweep, f"tags.mlflow.parentRunId = '{parent['info']['run_id']}'")) == 2
-
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1600,1000"]
-
-
-@pytest.fixture
-def browser():
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver; "
-                    ".ci/run installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def page_text(driver):
-    from selenium.webdriver.common.by import By
-    return driver.find_element(By.TAG_NAME, "body").text
-
-
-def wait_for_text(driver, *texts, timeout=90):
-    from selenium.webdriver.support.ui import WebDriverWait
-    WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: all(t in page_text(d) for t in texts))
 
 
 def test_the_mlflow_ui_shows_the_sweep_and_a_metric(server, sweep, browser):

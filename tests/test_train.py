@@ -1,11 +1,17 @@
+import json
 import subprocess
 import sys
 
 import mlflow
+import mlflow.pytorch
 import torch
 import pytest
 
-import train
+from errors import UserError
+from training import app
+from training.gate import check_config
+from training.tracking import read_records
+from models import param_report
 from tests.conftest import REPO, compose_cfg, small_data_overrides
 
 
@@ -33,10 +39,11 @@ def test_over_budget_fails_before_data_and_leaves_no_run(tmp_path, train_env):
     assert not (tmp_path / "store.db").exists()   # no MLflow store touched, so no run in it
 
 
-def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store):
+def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's default, 10 s, outlasts this run
     cfg = compose_cfg(["model=tiny", "trainer.epochs=3", "trainer.batch_size=50", "optimizer.lr=0.003",
                        *small_data_overrides(cifar_root, mlflow_store)])
-    val_acc = train.train(cfg)
+    val_acc = app.run(cfg)
     assert 0.0 <= val_acc <= 1.0
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")
@@ -52,19 +59,39 @@ def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store):
     assert run.data.metrics["test_acc"] > 0.3            # learnable synthetic data, chance is 0.1
     assert run.data.metrics["final_val_acc"] == pytest.approx(val_acc)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "model"} <= artifacts
+    assert {"resolved_config.yaml", "param_table.txt", "training_curves.png", "metrics.jsonl"} <= artifacts
+    # The network as an MLflow model: the run's model_uri tag loads it, normalised images in, logits out.
+    model = mlflow.pytorch.load_model(run.data.tags["model_uri"])
+    assert type(model).__name__ == "ResNet" and model(torch.randn(5, 3, 32, 32)).shape == (5, 10)
+    metadata = mlflow.models.get_model_info(run.data.tags["model_uri"]).metadata
+    assert metadata["dataset"] == "cifar10" and len(metadata["normalize_mean"]) == len(metadata["normalize_std"]) == 3
+    # The exact images of each split, as MLflow dataset inputs.
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}
+    assert {d.name for d in inputs.values()} == {"cifar10-train", "cifar10-val", "cifar10-test"}
+    sizes = {context: json.loads(d.profile)["features_shape"][0] for context, d in inputs.items()}
+    assert sizes == {"training": 400, "validation": 100, "test": 200}
+    assert len({d.digest for d in inputs.values()}) == 3
+    # System metrics (single runs: on by default), sampled in the background while the run was open.
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), sorted(run.data.metrics)
+    assert float(run.data.params["train_gflops"]) == pytest.approx(param_report(cfg).train_gflops, abs=1e-4)
+    # The same numbers as JSON lines beside the run, for scripts (no parsing of printed lines).
+    records = read_records(client.download_artifacts(run.info.run_id, "metrics.jsonl"))
+    assert [r["kind"] for r in records] == ["epoch"] * 3 + ["final"]
+    assert [r["train_loss"] for r in records[:3]] == pytest.approx(losses)
+    assert records[-1]["test_acc"] == pytest.approx(run.data.metrics["test_acc"])
 
 
 @pytest.mark.parametrize("override, message", [
-    ("trainer.batch_size=0", "trainer.batch_size=0 must be a positive integer"),
-    ("trainer.precision=fp8", "precision='fp8' is unknown"),
-    ("optimizer.name=lamb", "optimizer.name='lamb' is unknown"),
-    ("scheduler.name=warm", "scheduler.name='warm' is unknown"),
-    ("augmentation.name=mixup", "augmentation.name='mixup' is unknown"),
+    ("trainer.batch_size=0", "trainer.batch_size=0: must be an integer >= 1"),
+    ("trainer.precision=fp8", "trainer.precision=fp8: use one of fp32, bf16, fp16"),
+    ("optimizer.name=lamb", "optimizer.name=lamb: use one of"),
+    ("scheduler.name=warm", "scheduler.name=warm: use one of"),
+    ("augmentation.name=mixup", "augmentation.name=mixup: use one of"),
 ])
 def test_bad_trainer_settings_fail_before_anything(override, message):
-    with pytest.raises(train.USER_ERRORS, match=message):
-        train.check_config(compose_cfg(["model=tiny", override]))
+    with pytest.raises(UserError, match=message):
+        check_config(compose_cfg(["model=tiny", override]))
 
 
 @pytest.mark.parametrize("setting, device_type, fused", [("auto", "cpu", True), ("auto", "cuda", True),
@@ -81,7 +108,7 @@ def test_fused_optimizer_kernels_follow_the_setting(setting, device_type, fused)
 
 def test_sqlite_stores_in_folders_not_yet_there(tmp_path):
     """MLflow's and Optuna's sqlite files may be named inside folders that do not exist yet."""
-    from sweeper.trial import open_storage
+    from sweeper.stores import open_storage
     from training.tracking import open_store
     assert open_store(f"sqlite:///{tmp_path}/new/mlflow/mlflow.db", "e")
     assert (tmp_path / "new" / "mlflow" / "mlflow.db").is_file()

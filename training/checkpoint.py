@@ -56,7 +56,7 @@ def save(path: Path, state: dict):
     os.replace(tmp, path)
 
 
-def load(path: Path, cfg):
+def load(path: Path, cfg, tracker):
     """The last whole checkpoint for this config, or None. Temp files from a killed save are ignored.
 
     Call after the MLflow store is open: the checkpoint's run must be in it.
@@ -71,13 +71,10 @@ def load(path: Path, cfg):
     if state.get("config_key") != config_key(cfg):
         raise CheckpointError(f"checkpoint {path} was written for a different config: set trainer.checkpoint_dir "
                               f"to another folder, or trainer.resume=false to start over")
-    import mlflow
-    try:
-        mlflow.get_run(state["mlflow_run_id"])
-    except Exception as err:
+    if not tracker.has_run(state["mlflow_run_id"]):
         raise CheckpointError(f"checkpoint {path} logs to MLflow run {state['mlflow_run_id']}, which "
                               f"{cfg.mlflow.tracking_uri} does not have: use the store it was started with, "
-                              f"or trainer.resume=false to start over") from err
+                              f"or trainer.resume=false to start over")
     return state
 
 
@@ -89,20 +86,6 @@ def remove(path: Path):
         path.parent.rmdir()
     except OSError:
         pass
-
-
-def continue_run(state):
-    """After reopening the run: log the epochs the checkpoint has but MLflow lacks (killed between saving
-    and logging), so the run ends with each epoch logged exactly once."""
-    import mlflow
-    client, run_id = mlflow.MlflowClient(), state["mlflow_run_id"]
-    logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
-    for row in state["history"]:
-        if row["epoch"] not in logged:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-    if "error" in client.get_run(run_id).data.tags:  # left by an interrupted attempt
-        client.delete_tag(run_id, "error")
-    mlflow.set_tag("resumed_from_epoch", str(state["epoch"]))
 
 
 def capture(cfg, *, model, optimizer, scheduler, scaler, ema, train_loader, history, run_id, elapsed):

@@ -7,17 +7,20 @@ check is an invalid proposal, one that passes is measured against its budgets.
 """
 import torch
 
-from data import Augmentation
-from errors import BudgetError, ConfigError, DatasetError
+from data import Augmentation, check_data_config
+from errors import BudgetError, ConfigError
 from models import param_report
 from training.lr_range import check_settings
 from training.optim import build_optimizer, build_scheduler, fused_kernels
+from training.schema import validate
 
 TASKS = ("train", "lr_range_test")
 
 
 def check_config(cfg):
     """Everything that can be wrong with a config, checked in milliseconds. Returns the param report."""
+    validate(cfg)  # every key's type and range first: one line naming the key, the value and what is allowed
+    check_data_config(cfg)  # then the dataset: the model's head and image size come from it
     report = param_report(cfg)
     trainer = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -62,27 +65,32 @@ def check_budget(cfg):
 # UserError: the sweeper records the proposal as invalid, with that message, and never launches it.
 def params_over_budget(cfg):
     """(parameters over budget.max_params, parameters), after the whole single-run check."""
-    report = check_config(cfg)
+    report = _checked(cfg)
     return float(report.total - report.budget), report.total
 
 
+def gflops_over_budget(cfg):
+    """(training GFLOP per image over budget.max_gflops, training GFLOP per image); None when
+    budget.max_gflops is null (no FLOPs budget)."""
+    report = _checked(cfg)
+    if report.max_gflops is None:
+        return None
+    return report.train_gflops - report.max_gflops, round(report.train_gflops, 4)
+
+
 def preflight(cfg):
-    """What a sweep checks once before its first trial: the dataset files are there (without reading
-    them) and an http(s) tracking server answers. Raises DatasetError / TrackingError."""
+    """What a sweep checks once before its first trial: the dataset files are there (names only, nothing
+    read; data.download=true passes) and an http(s) tracking server answers. Raises DatasetError / TrackingError."""
+    from data import check_available
     from training.tracking import check_reachable
-    if not cfg.data.get("download", False):
-        _check_dataset_files(cfg.data)
+    check_available(cfg.data)
     check_reachable(cfg.mlflow.tracking_uri)
 
 
-def _check_dataset_files(data_cfg):
-    import data
-    if hasattr(data, "check_available"):  # the data package's own check, where it has one
-        return data.check_available(data_cfg)
-    from data.cifar10 import FOLDER, TEST_FILES, TRAIN_FILES, dataset_dir
-    directory = dataset_dir(data_cfg.root)
-    missing = [name for name in TRAIN_FILES + TEST_FILES if not (directory / name).is_file()]
-    if missing:
-        raise DatasetError(
-            f"CIFAR-10 not found: {directory} lacks {', '.join(missing)}. Set data.root (or the CIFAR10_ROOT "
-            f"environment variable) to the folder holding {FOLDER}/, or add data.download=true to fetch it")
+_last_checked = [None, None]  # (config, report): the sweeper hands one proposal's config to every constraint
+
+
+def _checked(cfg):
+    if _last_checked[0] is not cfg:
+        _last_checked[:] = [cfg, check_config(cfg)]
+    return _last_checked[1]

@@ -96,7 +96,7 @@ def cyclic_bounds(sched, tracking_uri=None):
     """(base_lr, max_lr): from the config, or from a finished LR range test (`bounds_from`)."""
     source = sched.get("bounds_from")
     if source:
-        from training.lr_range import load_suggestion
+        from training.lr_bounds import load_suggestion
         return load_suggestion(source, tracking_uri)
     low, high = float(sched.base_lr), float(sched.max_lr)
     if not 0 < low < high:

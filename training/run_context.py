@@ -1,0 +1,62 @@
+"""One job's tracked run, from start to end, whatever ends it.
+
+    with RunContext(tracker, report, trial=..., checkpoint_path=...) as run:
+        ...train, log through run.tracker...
+
+On the way in it starts (or, resuming, reopens) the MLflow run. On the way out it closes it with
+the status that says what happened: finished -> FINISHED; pruned by the sweep's pruner or stopped
+with Ctrl-C -> KILLED; diverged or any error -> FAILED, with the error kept as the run's `error`
+tag. In a sweep the `trial_state` tag says what the sweeper records (COMPLETE, PRUNED, FAIL), the
+trial's reporter is closed, and a pruned trial's checkpoint is dropped (it is never continued).
+This is the one place that handles a run's failure; the entry point only turns user errors into
+one-line messages.
+"""
+from errors import DivergedError
+from sweeper.job import TrialPruned
+from training import checkpoint
+
+
+class RunContext:
+    def __init__(self, tracker, report, trial=None, resumed=None, checkpoint_path=None,
+                 keep_checkpoint=False, system_metrics=False):
+        self.tracker, self.count, self.trial = tracker, report, trial
+        self.resumed, self.checkpoint_path, self.keep_checkpoint = resumed, checkpoint_path, keep_checkpoint
+        self.system_metrics = system_metrics
+        self.run_id = None
+
+    def __enter__(self):
+        resumed = self.resumed
+        trial = self.trial
+        self.run_id = self.tracker.start(
+            self.count, run_id=resumed["mlflow_run_id"] if resumed else None,
+            parent_run_id=trial.parent_run_id if trial else None, trial_number=trial.number if trial else None,
+            system_metrics=self.system_metrics)
+        if resumed:
+            self.tracker.resume(resumed["history"], resumed["epoch"])
+        return self
+
+    def report(self, value, epoch):
+        """A sweep trial's validation accuracy after an epoch; raises TrialPruned when the pruner says stop."""
+        if self.trial is not None:
+            self.trial.report(value, epoch)
+
+    def __exit__(self, kind, error, traceback):
+        if self.trial is not None:
+            self.trial.close()
+        if error is None:
+            if self.trial is not None:
+                self.tracker.set_tags({"trial_state": "COMPLETE"})
+            self.tracker.end("FINISHED")
+            if self.checkpoint_path and not self.keep_checkpoint:
+                checkpoint.remove(self.checkpoint_path)
+            return False
+        pruned = isinstance(error, TrialPruned)
+        if self.trial is not None:
+            self.tracker.set_tags({"trial_state": "PRUNED" if pruned else "FAIL"})
+        if isinstance(error, DivergedError):
+            self.tracker.set_tags({"diverged": "true"})
+        stopped = pruned or isinstance(error, KeyboardInterrupt)
+        self.tracker.end("KILLED" if stopped else "FAILED", error=error)
+        if pruned and self.checkpoint_path:
+            checkpoint.remove(self.checkpoint_path)
+        return False  # the error goes on to the entry point (or the sweeper)

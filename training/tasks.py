@@ -1,0 +1,138 @@
+"""What a job does, by `task=`: train (the default) or the LR range test. Each starts from a config
+the gate has passed (training/gate.py) and returns the job's result."""
+import os
+import tempfile
+import time
+
+from omegaconf import OmegaConf
+
+from data import make_loaders
+from sweeper.job import current_trial
+from training import checkpoint
+from training.engine import Learner
+from training.run_context import RunContext
+from training.runtime import Runtime
+from training.tracking import RECORDS_FILE, Tracker, masked_config
+
+
+def output_dir():
+    """The job's Hydra output folder (a temporary one when called outside Hydra, as tests do)."""
+    from hydra.core.hydra_config import HydraConfig
+    return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else tempfile.mkdtemp()
+
+
+def in_multirun():
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def wants(setting):
+    """An auto | true | false setting: auto means single runs yes, sweep trials (multirun jobs) no."""
+    return setting is True or (setting == "auto" and not in_multirun())
+
+
+def format_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def train(cfg, report):
+    """Train, validate every epoch, test once at the end; returns the final validation accuracy
+    (the test accuracy when there is no validation split), which sweeps maximise."""
+    out_dir = output_dir()
+    tracker = Tracker(cfg, out_dir)
+    tracker.check_reachable()  # seconds, not MLflow's minutes of retries, and before the data
+    runtime = Runtime.from_config(cfg.trainer).setup(cfg.trainer.seed)
+    train_loader, val_loader, test_loader = make_loaders(cfg, runtime.device, runtime.channels_last)
+    tracker.open()  # a missing or damaged dataset stopped us above, before anything was written
+    ckpt_path = checkpoint.checkpoint_path(cfg)
+    resumed = checkpoint.load(ckpt_path, cfg, tracker) if cfg.trainer.resume else None
+    learner = Learner(cfg, runtime, len(train_loader))
+    if resumed:
+        checkpoint.restore(resumed, train_loader=train_loader, **learner.parts())
+    trial = current_trial()  # None unless this job is a sweep trial (sweeper/job.py)
+    with RunContext(tracker, report, trial=trial, resumed=resumed, checkpoint_path=ckpt_path,
+                    keep_checkpoint=cfg.trainer.keep_checkpoint, system_metrics=wants(cfg.mlflow.system_metrics)) as run:
+        if resumed:
+            print(f"resuming after epoch {resumed['epoch']} from {ckpt_path}", flush=True)
+        elif cfg.mlflow.log_datasets:
+            log_datasets(cfg, tracker, (train_loader, val_loader, test_loader))
+        print(f"{cfg.model.name}: {report.total:,} parameters | {len(train_loader.images):,} train / "
+              f"{len(val_loader.images) if val_loader else 0:,} val images | {runtime.device} {runtime.precision} | "
+              f"mlflow run {run.run_id}", flush=True)
+        history = resumed["history"] if resumed else []
+        started = time.perf_counter() - (resumed["elapsed"] if resumed else 0.0)
+        epochs = cfg.trainer.epochs
+        for epoch in range(len(history) + 1, epochs + 1):
+            epoch_start = time.perf_counter()
+            row = learner.train_epoch(train_loader, epoch)
+            if val_loader is not None:
+                row["val_loss"], row["val_acc"] = learner.evaluate(val_loader)
+            row["epoch_time"] = time.perf_counter() - epoch_start  # training and validation
+            history.append(row)
+            checkpoint.save(ckpt_path, checkpoint.capture(
+                cfg, **learner.parts(), train_loader=train_loader, history=history, run_id=run.run_id,
+                elapsed=time.perf_counter() - started))
+            tracker.log_epoch(row)
+            elapsed = time.perf_counter() - started
+            val_text = f" | val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if val_loader else ""
+            print(f"epoch {epoch}/{epochs} | train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
+                  f"{val_text} | lr {row['lr']:.2e} | {row['images_per_sec']:,.0f} img/s | {format_time(elapsed)} "
+                  f"elapsed, {format_time(elapsed / epoch * (epochs - epoch))} left", flush=True)
+            run.report(row.get("val_acc", row["train_acc"]), epoch)  # raises TrialPruned
+
+        test_start = time.perf_counter()
+        test_loss, test_acc = learner.evaluate(test_loader, tta=cfg.trainer.tta)
+        final = {"test_loss": test_loss, "test_acc": test_acc, "test_time": time.perf_counter() - test_start,
+                 "train_time": time.perf_counter() - started}
+        if val_loader is not None:
+            final["final_val_acc"] = history[-1]["val_acc"]
+        tracker.log_final(final)
+        save_artifacts(cfg, tracker, learner.evaluated, history, report, out_dir, train_loader)
+        print(f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | val acc "
+              f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
+              flush=True)
+    value = history[-1]["val_acc"] if val_loader is not None else test_acc
+    # A two-objective sweep (direction [maximize, minimize]) trades accuracy against size.
+    return [value, report.total] if trial is not None and len(trial.directions) == 2 else value
+
+
+def log_datasets(cfg, tracker, loaders):
+    """The exact training, validation and test images of this run as MLflow dataset inputs."""
+    from data import check_available
+    splits = [loader.split for loader in loaders if loader is not None]
+    tracker.log_datasets(splits, str(cfg.data.name), source=check_available(cfg.data))
+
+
+def save_artifacts(cfg, tracker, model, history, report, out_dir, train_loader):
+    """Resolved config, parameter table, epoch records, curves (single runs) and the model, to MLflow."""
+    os.makedirs(out_dir, exist_ok=True)
+    config_path = os.path.join(out_dir, "resolved_config.yaml")
+    OmegaConf.save(masked_config(cfg), config_path)  # a password in a URL is masked
+    table_path = os.path.join(out_dir, "param_table.txt")
+    with open(table_path, "w") as f:
+        f.write(report.table() + "\n" + report.summary_line() + "\n")
+    paths = [config_path, table_path, os.path.join(out_dir, RECORDS_FILE)]
+    # Multirun jobs (Optuna trials, grids) skip the PNG by default: drawing it was half a tiny trial's
+    # overhead, and the MLflow UI charts the same per-epoch metrics (an Optuna sweep's parent run
+    # gets the sweep's own plots).
+    if wants(cfg.mlflow.log_curves):
+        from training.plots import training_curves
+        paths.append(training_curves(history, os.path.join(out_dir, "training_curves.png"), title=str(cfg.model.name)))
+    tracker.log_artifacts(paths)
+    if cfg.mlflow.log_model:
+        size = int(cfg.data.get("image_size", 32))
+        # How to prepare images for it: the training split's per-channel statistics, in [0, 1] units.
+        metadata = {"dataset": str(cfg.data.name), "normalize_mean": [round(float(v), 6) for v in train_loader.mean],
+                    "normalize_std": [round(float(v), 6) for v in train_loader.std]}
+        tracker.log_model(model, (3, size, size), serialization=str(cfg.mlflow.model_format), metadata=metadata)
+
+
+def lr_range_test(cfg, report):
+    from training.lr_range import run_range_test
+    return run_range_test(cfg, report, output_dir())
+
+
+TASKS = {"train": train, "lr_range_test": lr_range_test}
