@@ -70,7 +70,7 @@ def test_a_proposal_only_the_single_run_check_refuses_is_never_launched(data, tm
     by_precision = {t.params["trainer.precision"]: t for t in trials(tmp_path)}
     fp64 = by_precision["fp64"]
     assert fp64.state == TrialState.FAIL and fp64.user_attrs["invalid"] and not fp64.user_attrs.get("launched")
-    assert "trainer.precision='fp64' is unknown" in fp64.user_attrs["reason"]
+    assert "trainer.precision=fp64: use one of fp32, bf16, fp16" in fp64.user_attrs["reason"]
     assert fp64.constraints["params"] > 0  # samplers see it as infeasible
     assert by_precision["fp32"].state == TrialState.COMPLETE and job_folders(tmp_path) == ["0"]
 
