@@ -30,11 +30,11 @@ def sweep_args(data, storage, tracking, study, n_trials, epochs, *extra):
 
 def test_two_workers_with_batches_of_two_and_a_grace_period_shorter_than_a_trial(data, tmp_path):
     # Each worker launches 2 trials per batch with the basic launcher: the second waits in the queue for
-    # the whole of the first (~4 s, 36 epochs), longer than grace_period (3 s). Before, the other worker
+    # the whole of the first (~5 s, 80 epochs), longer than grace_period (3 s). Before, the other worker
     # took the queued trial for dead and failed it, and its owner crashed telling it.
     storage = f"sqlite:///{tmp_path}/optuna.db"  # created by both workers at once (the first-open lock)
     tracking = fresh_sqlite_store(tmp_path)
-    args = sweep_args(data, storage, tracking, "pair", 4, 36, "hydra.sweeper.n_jobs=2",
+    args = sweep_args(data, storage, tracking, "pair", 4, 80, "hydra.sweeper.n_jobs=2",
                       "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
     workers = [launch(args + [f"hydra.sweep.dir={tmp_path}/w{i}"], tmp_path) for i in range(2)]
     outputs = [w.communicate(timeout=400)[0] for w in workers]
