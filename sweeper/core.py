@@ -31,8 +31,10 @@ from sweeper import report, secrets, space as space_mod
 from sweeper.compose import JobConfigs
 from sweeper.constraints import INVALID_AMOUNT, Constraints, Verdict
 from sweeper.pool import DevicePool, device_ids
+from sweeper.preview import preview
 from sweeper.sampler import ConstrainedSampler, is_placeholder
-from sweeper.stores import open_storage, sqlite_path
+from sweeper.stores import open_storage
+from sweeper.study import Heartbeats, set_attrs, tell, trained_trials
 
 log = logging.getLogger(__name__)
 
@@ -81,66 +83,6 @@ def readable(value):
     return int(value) if isinstance(value, float) and value.is_integer() else (f"{value:.4g}" if isinstance(value, float) else value)
 
 
-def tell(study, number, **kwargs):
-    """study.tell, tolerant of a trial that another process already closed. True if it was recorded."""
-    try:
-        study.tell(number, **kwargs)
-        return True
-    except RuntimeError as err:
-        if "Study.stop" in str(err):  # GridSampler's end of grid, outside optimize(): the tell stands
-            return True
-        log.warning(f"  trial #{number}: not recorded ({err})")
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
-        log.warning(f"  trial #{number} was already closed by another process ({err}); this result is not recorded")
-    return False
-
-
-def set_attrs(trial, attrs):
-    try:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return True
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
-        log.warning(f"  trial #{trial.number} was already closed by another process ({err})")
-        return False
-
-
-class Heartbeats:
-    """One background thread that records a heartbeat for every trial this process holds (asked, not told)."""
-
-    def __init__(self, storage, interval):
-        import threading
-        self.storage = storage if isinstance(storage, optuna.storages.RDBStorage) else None
-        self.interval, self.held, self.lock = interval, {}, threading.Lock()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name="sweeper-heartbeats", daemon=True)
-        if self.storage is not None:
-            self.thread.start()
-
-    def hold(self, trial_id):
-        with self.lock:
-            self.held[trial_id] = True
-        if self.storage is not None:
-            self.storage.record_heartbeat(trial_id)
-
-    def release(self, trial_id):
-        with self.lock:
-            self.held.pop(trial_id, None)
-
-    def _beat(self):
-        while not self.stopped.wait(self.interval):
-            with self.lock:
-                ids = list(self.held)
-            for trial_id in ids:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception as err:  # noqa: BLE001 - a missed beat is retried; grace_period covers several
-                    log.warning(f"heartbeat for trial id {trial_id} failed: {err}")
-
-    def stop(self):
-        self.stopped.set()
-
-
 class ConstrainedSweep:
     def __init__(self, settings, hydra_context, task_function, config):
         unknown = set(settings) - set(SETTINGS)
@@ -182,7 +124,7 @@ class ConstrainedSweep:
         self.devices = self.build(device_ids, self.s["devices"])
         sampler = self.build_sampler()
         if self.s["preview"]:
-            return self.preview(sampler)
+            return preview(self, sampler)
         self.preflight(base)
         # Started now, so that the pool's workers import the app while the study and MLflow open.
         self.pool = self.build(DevicePool, self.devices, int(self.s["trials_per_device"]), self.task_function,
@@ -206,7 +148,7 @@ class ConstrainedSweep:
                  + (f"devices {self.devices} x {self.s['trials_per_device']}" if self.devices else
                     f"batches of {self.s['n_jobs']}") + (f" | MLflow parent run {self.parent}" if self.parent else ""))
         self.share_sweep_identity()
-        already = len(report.trained_trials(study.get_trials(deepcopy=False)))
+        already = len(trained_trials(study.get_trials(deepcopy=False)))
         if already:
             log.info(f"resuming: {already} of {self.n_trials} trials already trained")
         try:
@@ -383,7 +325,7 @@ class ConstrainedSweep:
         known, seen = {}, set()
         for t in trials:
             key = space_mod.params_key(t.params)
-            if t.state == TrialState.RUNNING or report.trained_trials([t]):
+            if t.state == TrialState.RUNNING or trained_trials([t]):
                 known.setdefault(key, t.number)
             elif not is_placeholder(t):
                 continue
@@ -418,12 +360,12 @@ class ConstrainedSweep:
         """Trials still to start: n_trials less the trained ones and every trial in flight (any worker's,
         launched or not: a dead worker's stays in flight until its heartbeat is stale)."""
         running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-        return self.n_trials - len(report.trained_trials(trials)) - running, running
+        return self.n_trials - len(trained_trials(trials)) - running, running
 
     def withdrawn(self, study, proposal):
         """Two workers can both see the last slot free and both propose: the higher trial number gives way."""
         trials = study.get_trials(deepcopy=False)
-        ahead = len(report.trained_trials(trials)) + sum(
+        ahead = len(trained_trials(trials)) + sum(
             1 for t in trials if t.state == TrialState.RUNNING and t.number < proposal.number)
         if ahead < self.n_trials:
             return False
@@ -462,6 +404,7 @@ class ConstrainedSweep:
                 config=self.config, hydra_context=self.hydra_context, task_function=self.task_function)
         poll = min(5.0, float(self.s["heartbeat_interval"]))
         self.exhausted_space, self.started_at, self.crashes, self.ended = False, time.perf_counter(), [], 0
+        self.stopped_by = None  # a SweepError from proposing: raised once the trials in flight are recorded
         while True:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once their heartbeat is stale
             started = self.start_trials(study)
@@ -472,6 +415,8 @@ class ConstrainedSweep:
             self.record_all(study, results)
             if (self.pool and self.pool.busy()) or results:
                 continue
+            if self.stopped_by is not None:
+                raise self.stopped_by
             left, running = self.remaining(study.get_trials(deepcopy=False))
             if self.exhausted_space or (left <= 0 and running == 0):
                 return
@@ -481,11 +426,15 @@ class ConstrainedSweep:
     def start_trials(self, study):
         """Propose into every free slot (pool: started at once; launcher: one batch, returned)."""
         batch = []
-        while not self.exhausted_space and (self.pool.free_slot() is not None if self.pool else
-                                            len(batch) < int(self.s["n_jobs"])):
+        while not (self.exhausted_space or self.stopped_by) and (
+                self.pool.free_slot() is not None if self.pool else len(batch) < int(self.s["n_jobs"])):
             if self.remaining(study.get_trials(deepcopy=False))[0] <= 0:
                 break
-            proposal = self.propose(study)
+            try:
+                proposal = self.propose(study)
+            except SweepError as err:  # launch nothing more; the batch so far and the pool's trials still end
+                self.stopped_by = err
+                break
             if proposal is None:
                 self.exhausted_space = True
                 log.info("every configuration of the search space has been tried")
@@ -509,7 +458,7 @@ class ConstrainedSweep:
         crashes = [err for proposal, ret in results if (err := self.record(study, proposal, ret)) is not None]
         self.crashes += crashes
         self.ended += len(results)
-        done = len(report.trained_trials(study.get_trials(deepcopy=False)))
+        done = len(trained_trials(study.get_trials(deepcopy=False)))
         log.info(f"[{done}/{self.n_trials} trained | {self.counts['over_budget']} over budget, "
                  f"{self.counts['invalid']} invalid, {self.counts['repeat']} repeats skipped | "
                  f"{time.perf_counter() - self.started_at:.0f}s]")
@@ -574,44 +523,3 @@ class ConstrainedSweep:
         if len(numbers) != len(items) or len(numbers) != len(self.directions):
             return None
         return numbers if all(math.isfinite(v) for v in numbers) else None
-
-    # --- preview ---------------------------------------------------------------------------------------
-    def preview(self, sampler):
-        """Propose n_trials configurations against an in-memory copy of the study; train and write nothing."""
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.storage_url, self.storage = None, optuna.storages.InMemoryStorage()
-        study = optuna.create_study(study_name=self.s["study_name"], storage=self.storage, sampler=sampler,
-                                    directions=self.directions)
-        existing = self.existing_trials()
-        if existing:
-            study.add_trials(existing)
-            print(f"preview against the {len(existing)} finished trials of study {self.s['study_name']}", flush=True)
-        self.study_name, self.study_id = study.study_name, self.storage.get_study_id_from_name(study.study_name)
-        self.heartbeats = Heartbeats(None, 0)
-        proposals = 0
-        while proposals < self.n_trials:
-            proposal = self.propose_once(study)
-            if proposal is None:
-                print("every configuration of the search space has been proposed", flush=True)
-                break
-            proposals += 1
-            self.counts[proposal.kind] += 1
-            params = " ".join(proposal.overrides[:len(proposal.trial.params)])
-            measured = " ".join(f"{k}={v}" for k, v in proposal.measured.items())
-            print(f"#{proposal.number} {params} {measured} {proposal.note}".rstrip().replace("  ", " "), flush=True)
-        if self.counts["invalid"] or self.counts["repeat"]:
-            print(f"invalid={self.counts['invalid']} repeats={self.counts['repeat']}", flush=True)
-        print(f"proposals={proposals} feasible={self.counts['feasible']} over_budget={self.counts['over_budget']}",
-              flush=True)
-
-    def existing_trials(self):
-        """Finished trials of the study in its storage, read only; none if the storage or study does not exist."""
-        url = secrets.reveal(self.s["storage"])
-        path = sqlite_path(url)
-        if not url or (path is not None and not os.path.exists(path)):
-            return []
-        try:
-            found = optuna.load_study(study_name=self.s["study_name"], storage=url)
-        except Exception:  # noqa: BLE001 - no such study (yet), or a server not reachable: a fresh preview
-            return []
-        return [t for t in found.get_trials(deepcopy=False) if t.state.is_finished()]

@@ -17,12 +17,6 @@ from sweeper.stores import first_open, make_sqlite_folder
 log = logging.getLogger(__name__)
 
 
-def trained_trials(trials):
-    """Launched trials that ended: COMPLETE, PRUNED, or FAIL with the job's reason (crashed, diverged, no number)."""
-    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)]
-
-
 class Tracking:
     """The MLflow side of a sweep: None-safe, so a sweep without MLflow calls the same methods."""
 
