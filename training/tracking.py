@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import urllib.parse
+import warnings
 
 from omegaconf import OmegaConf
 
@@ -194,8 +195,13 @@ class Tracker:
         import mlflow
         import mlflow.data
         for split in splits:
-            dataset = mlflow.data.from_numpy(split.images.numpy(), targets=split.labels.numpy(), source=str(source),
-                                             name=f"{dataset_name}-{split.name}", digest=split.digest)
+            with warnings.catch_warnings():
+                # MLflow 3.17 registers its local-path source twice and warns that a path "can be interpreted
+                # in multiple ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource" (it is one way).
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                dataset = mlflow.data.from_numpy(split.images.numpy(), targets=split.labels.numpy(),
+                                                 source=str(source), name=f"{dataset_name}-{split.name}",
+                                                 digest=split.digest)
             mlflow.log_input(dataset, context=split.context)
 
     def log_model(self, model, image_shape, serialization="pickle", metadata=None):
