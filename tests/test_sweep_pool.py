@@ -80,3 +80,17 @@ def test_the_pool_keeps_the_gate_pruning_and_resume(data, tmp_path):
     children, parents = child_runs(tracking)
     assert len(children) == 2 and {c.data.tags["trial_state"] for c in children} == {"PRUNED"} and len(parents) == 1
     assert {c.data.tags["cuda_visible_devices"] for c in children} == {"0"}
+
+
+def test_device_ids(monkeypatch):
+    from sweeper.pool import device_ids
+    assert device_ids(None) is None
+    assert device_ids([0, 1]) == ["0", "1"] and device_ids(3) == ["3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert device_ids("auto") == ["2", "3"]  # the GPUs this process may use, as it sees them
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi
+    with pytest.raises(ValueError, match="hydra.sweeper.devices=auto but no GPU is visible"):
+        device_ids("auto")
+    with pytest.raises(ValueError, match="must be auto or a non-empty list"):
+        device_ids([])
