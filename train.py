@@ -4,21 +4,20 @@
     python train.py model=tiny trainer.epochs=1      # a quick run on the CPU
     python train.py model=final dry_run=true         # parameter table and budget check only
     python train.py model=final task=lr_range_test   # LR range test: plot, CSV, suggested cyclic bounds
-    python train.py -m hydra/sweeper=optuna          # Optuna search (see sweeper/)
+    python train.py -m hydra/sweeper=optuna          # Optuna search (hydra/sweeper=constrained_optuna, sweeper/)
 
 The parameter budget and every other config check run before data is loaded or an MLflow
 run is opened. The job returns the final validation accuracy, which sweeps maximise.
 """
 import os
-import sys
 
 import hydra
 
 from training import app
 
-# Targets Hydra 1.4 may instantiate from config (the sweeper, its samplers, the launchers).
+# Targets Hydra 1.4 may instantiate from config (the sweeper's samplers and constraints, the launchers).
 EXECUTION_WHITELIST = [
-    "sweeper.*",
+    "training.gate.*",  # the sweeper's constraints and preflight (conf/hydra/sweeper/optuna.yaml)
     "hydra_plugins.hydra_optuna_sweeper.*",
     "hydra_plugins.hydra_joblib_launcher.*",
     "hydra_plugins.hydra_submitit_launcher.*",  # SLURM, when installed (README: across machines)
@@ -32,18 +31,8 @@ def main(cfg):
     return app.main(cfg)
 
 
-def register_sweeper():
-    """Hydra finds plugins in the hydra_plugins namespace; ours lives in this repo, so register it by hand."""
-    from hydra.core.plugins import Plugins
-
-    from sweeper.constrained import ConstrainedOptunaSweeper
-    Plugins.instance().register(ConstrainedOptunaSweeper)
-
-
 if __name__ == "__main__":
     # Run this file's importable copy rather than __main__, so that parallel launchers (joblib)
     # pickle the task function by reference instead of by value.
     import train
-    if {"-m", "--multirun"} & set(sys.argv):  # single runs need neither the sweeper nor optuna
-        train.register_sweeper()
     train.main()

@@ -11,6 +11,9 @@ check, data split and MLflow run start. The median over consecutive pairs is the
 The one-time costs of a sweep process (imports, Hydra start-up, creating the stores, reading the
 dataset, the closing summary and plots) are reported apart: process start to the first trial's
 run, and the last trial's end to the process's exit.
+
+`devices=["0"]` measures the sweeper's device pool instead of the basic launcher: one slot, so
+trials still run one after another, each in the slot's long-lived worker process.
 """
 import os
 import pickle
@@ -37,7 +40,7 @@ def write_dataset(root, train_per_file, test):
     return Path(root)
 
 
-def sweep(workdir, root, trials, train_images, test_images, subset, val_size):
+def sweep(workdir, root, trials, train_images, test_images, subset, val_size, devices=None):
     store = Path(workdir) / "store"
     store.mkdir(parents=True, exist_ok=True)
     overrides = ["hydra/sweeper=optuna", "hydra/sweeper/pruner=none", f"hydra.sweeper.n_trials={trials}",
@@ -46,6 +49,8 @@ def sweep(workdir, root, trials, train_images, test_images, subset, val_size):
                  f"data.test_images={test_images}", "trainer.batch_size=64", "trainer.log_every=0",
                  "trainer.device=cpu", f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db",
                  f"hydra.sweep.dir={store}/multirun"]
+    if devices:
+        overrides.append(f"hydra.sweeper.devices=[{','.join(devices)}]")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.time()
@@ -72,9 +77,9 @@ def trial_runs(db):
     return sorted(rows)
 
 
-def bench(workdir, trials=8, train_per_file=10_000, test=1_000, subset=256, val_size=256):
+def bench(workdir, trials=8, train_per_file=10_000, test=1_000, subset=256, val_size=256, devices=None):
     root = write_dataset(Path(workdir) / "cifar", train_per_file, test)
-    start, end, runs = sweep(workdir, root, trials, 5 * train_per_file, test, subset, val_size)
+    start, end, runs = sweep(workdir, root, trials, 5 * train_per_file, test, subset, val_size, devices)
     if len(runs) != trials:
         raise RuntimeError(f"expected {trials} trial runs in MLflow, found {len(runs)}")
     overheads = [later[0] - run[0] - run[2] for run, later in zip(runs, runs[1:])]

@@ -40,10 +40,10 @@ from gpu_check import describe_data, write_smoke_data  # noqa: E402  (scripts/ i
 STUDY = "gpu-eval-family"
 EXPERIMENT = "gpu-eval"
 RECIPE = "recipe=short"
-# The sweep: the family space within 2 training GFLOP per image (the final model: 1.06), so that every trial
-# is short and the winner can run many epochs in the final's time; a short fixed schedule.
-SWEEP = ["hydra/sweeper=optuna", "hydra/sweeper/search=family", "model=family", RECIPE,
-         "++hydra.sweeper.constraints.gflops._target_=training.gate.gflops_over_budget"]
+# The sweep: the family space within 2 training GFLOP per image (the final model: 1.06; the sweeper's
+# constraint gflops_over_budget records a proposal over it as infeasible), so that every trial is short and
+# the winner can run many epochs in the final's time; a short fixed schedule.
+SWEEP = ["hydra/sweeper=optuna", "hydra/sweeper/search=family", "model=family", RECIPE]
 FULL = dict(budget=540.0, sweep_share=0.32, sweep_epochs=3, sweep_trials=16, probe_steps=12, probe_rounds=2,
             final_overhead_s=35.0, summary_s=10.0, sweep_overrides=["budget.max_gflops=2"])
 SMOKE = dict(sweep_epochs=1, sweep_trials=2, probe_steps=2, probe_rounds=1,

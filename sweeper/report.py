@@ -1,147 +1,187 @@
-"""The sweep's MLflow parent run and its end-of-sweep summary (best trial, plots, ready-to-run config)."""
+"""The sweep's MLflow parent run and its end-of-sweep summary (best trial, plots, ready-to-run config).
+
+Optional: with `hydra.sweeper.mlflow` unset (or no tracking_uri) the sweep logs nothing to MLflow and
+writes only `optimization_results.yaml`, as the upstream plugin does.
+"""
 import logging
 import os
+import sys
 
 import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from training.tracking import open_store
+from sweeper import secrets
+from sweeper.stores import first_open, make_sqlite_folder
 
 log = logging.getLogger(__name__)
-IDENTITY_KEYS = ("sweep.",)
 
 
-def client_for(config):
-    from mlflow import MlflowClient
-    return MlflowClient(str(config.mlflow.tracking_uri))
+class Tracking:
+    """The MLflow side of a sweep: None-safe, so a sweep without MLflow calls the same methods."""
 
+    def __init__(self, settings):
+        settings = settings or {}
+        self.uri = settings.get("tracking_uri")
+        self.experiment = settings.get("experiment") or "Default"
+        self.client = None
 
-def parent_run(config, study):
-    """The study's one parent run: created by the first worker, reused by re-runs and other workers.
+    @property
+    def enabled(self):
+        return bool(self.uri)
 
-    Uses the client API, not mlflow.start_run, so in-process trials can open their own runs.
-    """
-    experiment_id = open_store(config.mlflow.tracking_uri, config.mlflow.experiment)  # creates the DB once
-    client = client_for(config)
-    run_id = study.user_attrs.get("mlflow_parent_run_id")
-    if run_id:
-        if is_active_run(client, run_id):
-            client.update_run(run_id, status="RUNNING")
-            return run_id
-        log.warning(f"The study's MLflow parent run {run_id} is not in {config.mlflow.tracking_uri} (deleted, or "
-                    f"the study was begun with another tracking URI): this sweep's runs go under a new parent run.")
-    run = client.create_run(experiment_id, run_name=f"sweep-{study.study_name}",
-                            tags={"sweep": "parent", "study_name": study.study_name})
-    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-    # Two workers starting together may both create one; the study keeps the last, and both use it.
-    stored = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs["mlflow_parent_run_id"]
-    if stored != run.info.run_id:
-        client.delete_run(run.info.run_id)
-    return stored
+    def open(self):
+        """Create the store (once, under the sqlite lock) and the experiment; fail in seconds if unreachable."""
+        if not self.enabled:
+            return None
+        from mlflow import MlflowClient
+        real = secrets.reveal(self.uri)
+        make_sqlite_folder(real)
+        with first_open(real):
+            self.client = MlflowClient(real)
+            found = self.client.get_experiment_by_name(self.experiment)
+            try:
+                return found.experiment_id if found else self.client.create_experiment(self.experiment)
+            except Exception as err:  # another worker created it a moment ago
+                if "already exists" in str(err):
+                    return self.client.get_experiment_by_name(self.experiment).experiment_id
+                raise
 
+    def parent_run(self, study, storage):
+        """The study's one parent run: created by the first worker, reused by re-runs and other workers."""
+        if not self.enabled:
+            return None
+        experiment_id = self.open()
+        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        if run_id:
+            if self._is_active(run_id):
+                self.client.update_run(run_id, status="RUNNING")
+                return run_id
+            log.warning(f"The study's MLflow parent run {run_id} is not in {secrets.mask_url(self.uri)} (deleted, or "
+                        f"the study was begun with another tracking URI): this sweep's runs go under a new parent run.")
+        run = self.client.create_run(experiment_id, run_name=f"sweep-{study.study_name}",
+                                     tags={"sweep": "parent", "study_name": study.study_name})
+        study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+        # Two workers starting together may both create one; the study keeps the last, and both use it.
+        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs["mlflow_parent_run_id"]
+        if stored != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return stored
 
-def is_active_run(client, run_id):
-    from mlflow.exceptions import MlflowException
-    try:
-        return client.get_run(run_id).info.lifecycle_stage == "active"
-    except MlflowException:
-        return False
+    def _is_active(self, run_id):
+        from mlflow.exceptions import MlflowException
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
 
+    def finish(self, run_id, status="FINISHED"):
+        if self.enabled and run_id and self.client is not None:
+            try:
+                self.client.set_terminated(run_id, status=status)
+            except Exception as err:  # noqa: BLE001 - never hide the error that ended the sweep
+                log.warning(f"could not mark the MLflow parent run {status}: {err}")
 
-def finish_parent(config, run_id, status="FINISHED"):
-    client_for(config).set_terminated(run_id, status=status)
-
-
-def close_interrupted(config, study, parent):
-    """Child runs that a killed sweep left RUNNING, whose trials are now FAIL (no heartbeat), end as KILLED."""
-    failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-              if t.user_attrs.get("launched") and "fail_reason" not in t.user_attrs}
-    if not failed:
-        return
-    client = client_for(config)
-    experiment_id = client.get_run(parent).info.experiment_id
-    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' "
-                                                   f"and attributes.status = 'RUNNING'", max_results=10_000):
-        if run.data.tags.get("trial_number") in failed:
-            client.set_tag(run.info.run_id, "trial_state", "FAIL")
-            client.set_tag(run.info.run_id, "error", "interrupted: its sweep was killed during this trial")
-            client.set_terminated(run.info.run_id, status="KILLED")
-
-
-def infeasible_shares(study):
-    """Share of over-budget proposals in the first and second half of the study, by proposal order."""
-    flags = [bool(t.user_attrs.get("infeasible")) for t in study.get_trials(deepcopy=False)]
-    half = len(flags) // 2
-    share = lambda part: sum(part) / len(part) if part else 0.0  # noqa: E731
-    return share(flags[:half]), share(flags[half:])
+    def close_interrupted(self, study, parent):
+        """Child runs that a killed sweep left RUNNING, whose trials are now FAIL (no heartbeat), end as KILLED."""
+        if not self.enabled:
+            return
+        failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if t.user_attrs.get("launched") and "fail_reason" not in t.user_attrs}
+        if not failed:
+            return
+        experiment_id = self.client.get_run(parent).info.experiment_id
+        for run in self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' "
+                                                            f"and attributes.status = 'RUNNING'", max_results=10_000):
+            if run.data.tags.get("trial_number") in failed:
+                self.client.set_tag(run.info.run_id, "trial_state", "FAIL")
+                self.client.set_tag(run.info.run_id, "error", "interrupted: its sweep was killed during this trial")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def run_command(overrides):
-    kept = [o for o in overrides.split() if not o.startswith(IDENTITY_KEYS)]
-    return "python train.py " + " ".join(kept)
+    """The command that reruns one trial alone: this script with the trial's overrides."""
+    return secrets.mask_url(f"python {os.path.basename(sys.argv[0]) or 'app.py'} {overrides}".strip())
 
 
-def summarize(config, study, parent, directions, infeasible_this_run, config_loader):
-    client = client_for(config)
+def objective_names(names, directions):
+    names = list(names or [])
+    default = ["value"] if len(directions) == 1 else [f"value_{i}" for i in range(len(directions))]
+    return [names[i] if i < len(names) else default[i] for i in range(len(directions))]
+
+
+def summarize(tracking, config, study, parent, directions, names, config_loader, counts):
+    """Log the outcome: console lines, sweep-dir files, and (with MLflow) metrics and artifacts on the parent."""
     trials = study.get_trials(deepcopy=False)
-    states = {state.name.lower(): sum(1 for t in trials if t.state == state and t.user_attrs.get("launched"))
-              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    n_infeasible = sum(1 for t in trials if t.user_attrs.get("infeasible"))
-    first, second = infeasible_shares(study)
+    launched = [t for t in trials if t.user_attrs.get("launched") and t.state.is_finished()]  # interrupted ones too
+    states = {s.name.lower(): sum(1 for t in launched if t.state == s)
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    flags = [bool(t.user_attrs.get("infeasible")) for t in trials]
+    half = len(flags) // 2
+    share = lambda part: sum(part) / len(part) if part else 0.0  # noqa: E731
     metrics = {"trials_complete": states["complete"], "trials_pruned": states["pruned"],
-               "trials_failed": states["fail"], "proposals_over_budget": n_infeasible,
-               "over_budget_share_first_half": first, "over_budget_share_second_half": second}
-    log.info(f"{len(trials)} proposals: {states['complete']} complete, {states['pruned']} pruned, "
-             f"{states['fail']} failed, {n_infeasible} over budget (never launched; share "
-             f"{100 * first:.0f}% in the first half, {100 * second:.0f}% in the second)")
+               "trials_failed": states["fail"], "proposals_over_budget": sum(flags),
+               "proposals_invalid": sum(1 for t in trials if t.user_attrs.get("invalid")),
+               "proposals_repeated": sum(1 for t in trials if "repeat_of" in t.user_attrs),
+               "over_budget_share_first_half": share(flags[:half]), "over_budget_share_second_half": share(flags[half:])}
+    log.info(f"{len(trials)} proposals: {states['complete']} complete, {states['pruned']} pruned, {states['fail']} failed, "
+             f"{metrics['proposals_over_budget']} over budget, {metrics['proposals_invalid']} invalid, "
+             f"{metrics['proposals_repeated']} repeats (never launched; this run: {counts})")
     out_dir = str(config.hydra.sweep.dir)
     os.makedirs(out_dir, exist_ok=True)
-    artifacts = []
-    if len(directions) == 1:
-        try:
-            best = study.best_trial
-        except ValueError:
-            log.warning("no trial completed, so there is no best trial")
-            for key, value in metrics.items():
-                client.log_metric(parent, key, value)
-            client.set_terminated(parent, status="FAILED")
-            return
+    names = objective_names(names, directions)
+    artifacts, results, status = [], None, "FINISHED"
+    complete = [t for t in launched if t.state == TrialState.COMPLETE]
+    if not complete:
+        log.warning("no trial completed, so there is no best trial")
+        status = "FAILED"
+    elif len(directions) == 1:
+        best = study.best_trial
         results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
-        metrics.update(best_value=best.value, best_trial=best.number,
-                       best_num_params=best.user_attrs.get("num_params", -1))
-        for key, value in best.params.items():
-            client.log_param(parent, f"best.{key}", value)
+        metrics.update(best_value=best.value, best_trial=best.number)
+        measured = {name: best.user_attrs[name] for name in best.constraints if name in best.user_attrs}
+        metrics.update({f"best_{name}": value for name, value in measured.items()})
         command = run_command(best.user_attrs.get("overrides", ""))
         artifacts.append(_write(out_dir, "best_command.txt", command + "\n"))
-        best_cfg = config_loader.load_sweep_config(config, [o for o in best.user_attrs["overrides"].split()])
-        job_keys = [k for k in best_cfg if k not in ("hydra", "sweep")]
-        with open(os.path.join(out_dir, "best_config.yaml"), "w") as f:
-            f.write(OmegaConf.to_yaml({k: OmegaConf.to_container(best_cfg[k], resolve=True)
-                                       if OmegaConf.is_config(best_cfg[k]) else best_cfg[k] for k in job_keys}))
-        artifacts.append(os.path.join(out_dir, "best_config.yaml"))
-        log.info(f"Best trial #{best.number}: value {best.value:.4f}, {best.user_attrs.get('num_params'):,} "
-                 f"parameters, params {best.params}")
+        artifacts.append(_write(out_dir, "best_config.yaml", _job_yaml(config_loader, config, best)))
+        shown = " ".join(f"{name}={value}" for name, value in measured.items())
+        log.info(f"Best trial #{best.number}: {names[0]} {best.value:.4f} {shown} | {best.params}")
         log.info(f"Reproduce it: {command}")
-        print(f"best trial #{best.number}: val_acc {best.value:.4f} | {command}", flush=True)
+        print(f"best trial #{best.number}: {names[0]} {best.value:.4f} | {command}", flush=True)
     else:
         front = study.best_trials
         results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in front]}
         metrics["pareto_size"] = len(front)
-        lines = [f"{t.values[0]:.4f}\t{int(t.values[1])}\t{run_command(t.user_attrs.get('overrides', ''))}"
-                 for t in sorted(front, key=lambda t: t.values[1])]
-        artifacts.append(_write(out_dir, "pareto_front.tsv", "val_acc\tnum_params\tcommand\n" + "\n".join(lines) + "\n"))
+        lines = ["\t".join(f"{v:.6g}" for v in t.values) + f"\t{run_command(t.user_attrs.get('overrides', ''))}"
+                 for t in sorted(front, key=lambda t: t.values)]
+        artifacts.append(_write(out_dir, "pareto_front.tsv", "\t".join(names + ["command"]) + "\n" + "\n".join(lines) + "\n"))
         log.info(f"Pareto front: {len(front)} trials")
         for line in lines:
             log.info(f"    {line}")
-    OmegaConf.save(OmegaConf.create(results), os.path.join(out_dir, "optimization_results.yaml"))
-    artifacts.append(os.path.join(out_dir, "optimization_results.yaml"))
-    artifacts += _plots(study, directions, out_dir)
+    if results is not None:
+        OmegaConf.save(OmegaConf.create(results), os.path.join(out_dir, "optimization_results.yaml"))
+        artifacts.append(os.path.join(out_dir, "optimization_results.yaml"))
+        if tracking.enabled:
+            artifacts += _plots(complete, directions, names, out_dir)
+    if not tracking.enabled:
+        return
+    client = tracking.client
+    if results is not None and len(directions) == 1:
+        for key, value in results["best_params"].items():
+            client.log_param(parent, f"best.{key}", value)
     for key, value in metrics.items():
         client.log_metric(parent, key, float(value))
     for path in artifacts:
         client.log_artifact(parent, path)
-    client.set_terminated(parent, status="FINISHED")
+    client.set_terminated(parent, status=status)
+
+
+def _job_yaml(config_loader, config, trial):
+    """The trial's whole job config, resolved, with passwords masked: `python app.py --config-name ...` ready."""
+    cfg = config_loader.load_sweep_config(config, trial.user_attrs["overrides"].split())
+    job = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+           for k in cfg if k != "hydra"}
+    return secrets.mask_url(OmegaConf.to_yaml(job))
 
 
 def _write(out_dir, name, text):
@@ -151,33 +191,36 @@ def _write(out_dir, name, text):
     return path
 
 
-def _plots(study, directions, out_dir):
-    """Optimization history and parameter importance (or the Pareto front) as PNGs."""
+def _plots(complete, directions, names, out_dir):
+    """Optimization history and parameter importance (or the Pareto front) of the trained trials, as PNGs."""
     import warnings
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from optuna.visualization import matplotlib as optuna_plots
 
-    trained = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if not t.user_attrs.get("infeasible")]
-    # Plot only trials that trained: over-budget proposals carry a placeholder value.
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created in memory" line
+    # Numbered afresh: Optuna's numbers also count proposals that never trained.
     view = optuna.create_study(directions=directions, storage=optuna.storages.InMemoryStorage())
-    view.add_trials(trained)
+    view.add_trials(complete)
     paths = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plots = []
         if len(directions) == 1:
-            plots.append(("optimization_history.png", lambda: history_plot(view)))
-            if len(trained) >= 2 and len({tuple(sorted(t.params.items())) for t in trained}) >= 2:
+            def history():
+                ax = optuna_plots.plot_optimization_history(view, target_name=names[0])
+                ax.set_xlabel("trained trial, in order (proposals never launched left out)")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                return ax
+            plots.append(("optimization_history.png", history))
+            if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
                 plots.append(("param_importances.png", lambda: optuna_plots.plot_param_importances(
-                    view, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target_name="val_acc")))
+                    view, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target_name=names[0])))
         else:
-            plots.append(("pareto_front.png", lambda: optuna_plots.plot_pareto_front(
-                view, target_names=["val_acc", "num_params"])))
+            plots.append(("pareto_front.png", lambda: optuna_plots.plot_pareto_front(view, target_names=names)))
         for name, make in plots:
             try:
                 ax = make()
@@ -190,13 +233,3 @@ def _plots(study, directions, out_dir):
             except Exception as err:  # a plot is a nicety; never lose a finished sweep over it
                 log.warning(f"could not draw {name}: {err}")
     return paths
-
-
-def history_plot(view):
-    from matplotlib.ticker import MaxNLocator
-    from optuna.visualization import matplotlib as optuna_plots
-    ax = optuna_plots.plot_optimization_history(view, target_name="val_acc")
-    # The view holds the trained trials only, numbered afresh; Optuna's numbers also count skipped proposals.
-    ax.set_xlabel("trained trial, in order (over-budget proposals left out)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return ax

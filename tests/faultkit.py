@@ -145,7 +145,11 @@ def postgres_bin():
 
 
 class Postgres:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp folder (run as `postgres` when we are root)."""
+    """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp folder (run as `postgres` when we are root).
+
+    The superuser connects over the cluster's own socket folder without a password; TCP connections
+    (what the sweeps use) need a password (scram-sha-256), as on a real database host.
+    """
 
     def __init__(self, port):
         import pwd
@@ -167,14 +171,25 @@ class Postgres:
             raise RuntimeError(f"{command} failed with {done.returncode}: {done.stderr[-2000:]}")
 
     def start(self):
-        self._run(self.bin / "initdb", "-D", self.data, "-U", self.user, "--auth=trust", "-E", "UTF8")
+        self._run(self.bin / "initdb", "-D", self.data, "-U", self.user, "--auth-local=trust",
+                  "--auth-host=scram-sha-256", "-E", "UTF8")
         self._run(self.bin / "pg_ctl", "-D", self.data, "-l", self.folder / "server.log", "-w", "-t", "120",
                   "-o", f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off", "start")
         return self
 
-    def create_database(self, name):
-        self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, "-U", self.user, name)
-        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{name}"
+    def sql(self, statement):
+        self._run(self.bin / "psql", "-h", self.folder, "-p", self.port, "-U", self.user, "-d", "postgres",
+                  "-v", "ON_ERROR_STOP=1", "-c", statement)
+
+    def create_role(self, name, password):
+        self.sql(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+
+    def create_database(self, name, owner):
+        self._run(self.bin / "createdb", "-h", self.folder, "-p", self.port, "-U", self.user, "-O", owner, name)
+
+    def url(self, database, user, password):
+        """As the README writes them: SQLAlchemy 2.1 takes postgresql:// to the psycopg (3) driver."""
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
 
     def stop(self):
         import shutil

@@ -46,6 +46,7 @@ def test_optuna_dashboard_shows_the_study_and_its_trials(dashboard, browser):
     browser.get(f"{dashboard}/dashboard/studies/1/trials")
     wait_for_text(browser, "browsed (id=1)", "Trial 0", "Complete", "optimizer.lr")
     text = page_text(browser)
-    assert "Trial 1" in text and "Best Trial" in text and "num_params" in text  # the sweep's own attributes
+    # the sweep's own attributes: the parameter count (constraint `params`) and the launched overrides
+    assert "Trial 1" in text and "Best Trial" in text and "params 8530" in text and "overrides" in text
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "optuna_dashboard_trials.png"))

@@ -108,7 +108,7 @@ def test_fused_optimizer_kernels_follow_the_setting(setting, device_type, fused)
 
 def test_sqlite_stores_in_folders_not_yet_there(tmp_path):
     """MLflow's and Optuna's sqlite files may be named inside folders that do not exist yet."""
-    from sweeper.trial import open_storage
+    from sweeper.stores import open_storage
     from training.tracking import open_store
     assert open_store(f"sqlite:///{tmp_path}/new/mlflow/mlflow.db", "e")
     assert (tmp_path / "new" / "mlflow" / "mlflow.db").is_file()

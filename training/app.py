@@ -3,14 +3,15 @@
 - a user error (errors.UserError: a bad value, a missing dataset, an unreachable server) -> one
   line `error: <message>` on stderr and exit code 2, before any training; in a sweep it is raised
   instead, for the sweeper to record the trial as failed;
-- a diverged run (errors.DivergedError) -> one line and exit code 1 (in a sweep: a failed trial);
+- a diverged run (errors.DivergedError) -> one line and exit code 1; in a sweep, the sweeper's
+  Failed marker (a result of the trial: recorded FAIL, the sweep goes on, no crash counted);
 - a sweep trial stopped by its pruner -> returns the sweeper's Pruned marker, a normal end.
 Everything else is a bug and keeps its traceback.
 """
 import sys
 
 from errors import BudgetError, DivergedError, UserError
-from sweeper.trial import Pruned, TrialPruned
+from sweeper.job import Failed, Pruned, TrialPruned, current_trial
 from training.gate import check_config
 from training.tasks import TASKS, in_multirun
 
@@ -33,8 +34,13 @@ def main(cfg):
         return run(cfg)
     except TrialPruned as pruned:
         return Pruned(str(pruned))  # a normal end for a sweep trial, not a job error
-    except (UserError, DivergedError) as err:
+    except DivergedError as err:
+        if current_trial() is None:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        return Failed(f"diverged: {err}")
+    except UserError as err:
         if in_multirun():
             raise  # the sweeper records the trial as failed and goes on
         print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2 if isinstance(err, UserError) else 1)
+        sys.exit(2)

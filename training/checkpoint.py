@@ -37,8 +37,9 @@ def config_key(cfg) -> str:
 def checkpoint_path(cfg) -> Path:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import to_absolute_path  # the launch directory, even with hydra.job.chdir=true
+    from sweeper.job import current_trial
     folder = cfg.trainer.get("checkpoint_dir")
-    if not folder and cfg.get("sweep", {}).get("trial_id") is not None and HydraConfig.initialized():
+    if not folder and current_trial() is not None and HydraConfig.initialized():
         # The sweeper replaces an interrupted trial instead of continuing it: keep its checkpoint in its job folder.
         folder = os.path.join(HydraConfig.get().runtime.output_dir, "checkpoint")
     folder = folder or os.path.join("checkpoints", f"{cfg.model.name}-{config_key(cfg)}")

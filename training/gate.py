@@ -62,19 +62,38 @@ def check_budget(cfg):
     return report
 
 
-# --- constraints for the sweeper (hydra.sweeper.constraints) ------------------------------------
-# Each takes a composed job config and returns how far it is over its budget (<= 0: within it).
-# A config the single-run check refuses raises its UserError: the sweeper records the proposal as
-# invalid, with that message, and never launches it.
-def params_over_budget(cfg) -> float:
-    """Parameters over budget.max_params."""
-    report = check_config(cfg)
-    return float(report.total - report.budget)
+# --- for the sweeper (hydra.sweeper.constraints and hydra.sweeper.preflight) ---------------------
+# A constraint takes a proposal's composed job config and returns how far it is over its budget
+# (<= 0: within it) with the measured value. A config the single-run check refuses raises its
+# UserError: the sweeper records the proposal as invalid, with that message, and never launches it.
+def params_over_budget(cfg):
+    """(parameters over budget.max_params, parameters), after the whole single-run check."""
+    report = _checked(cfg)
+    return float(report.total - report.budget), report.total
 
 
-def gflops_over_budget(cfg) -> float | None:
-    """Training GFLOP per image over budget.max_gflops; None when budget.max_gflops is null (no FLOPs budget)."""
-    report = check_config(cfg)
+def gflops_over_budget(cfg):
+    """(training GFLOP per image over budget.max_gflops, training GFLOP per image); None when
+    budget.max_gflops is null (no FLOPs budget)."""
+    report = _checked(cfg)
     if report.max_gflops is None:
         return None
-    return report.train_gflops - report.max_gflops
+    return report.train_gflops - report.max_gflops, round(report.train_gflops, 4)
+
+
+def preflight(cfg):
+    """What a sweep checks once before its first trial: the dataset files are there (names only, nothing
+    read; data.download=true passes) and an http(s) tracking server answers. Raises DatasetError / TrackingError."""
+    from data import check_available
+    from training.tracking import check_reachable
+    check_available(cfg.data)
+    check_reachable(cfg.mlflow.tracking_uri)
+
+
+_last_checked = [None, None]  # (config, report): the sweeper hands one proposal's config to every constraint
+
+
+def _checked(cfg):
+    if _last_checked[0] is not cfg:
+        _last_checked[:] = [cfg, check_config(cfg)]
+    return _last_checked[1]

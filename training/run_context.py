@@ -12,7 +12,7 @@ This is the one place that handles a run's failure; the entry point only turns u
 one-line messages.
 """
 from errors import DivergedError
-from sweeper.trial import TrialPruned
+from sweeper.job import TrialPruned
 from training import checkpoint
 
 

@@ -241,7 +241,6 @@ def schema():
         "lr_range": {"min_lr": positive, "max_lr": positive, "steps": Int(10, hint="a few hundred is typical"),
                      "smoothing": probability, "divergence": Number(1, low_open=True), "rule": Choice(*RULES),
                      "min_lr_divisor": Number(1, low_open=True)},
-        "sweep": Anything(),
     }
 
 

@@ -9,11 +9,12 @@ from omegaconf import OmegaConf
 
 from data import make_loaders
 from models import build_model
+from sweeper.job import current_trial
 from training import checkpoint
 from training.engine import Learner
 from training.run_context import RunContext
 from training.runtime import Runtime
-from training.tracking import RECORDS_FILE, Tracker
+from training.tracking import RECORDS_FILE, Tracker, masked_config
 from training.weights import evaluate_exactly, load_into, read_weights, save_weights
 
 
@@ -27,15 +28,6 @@ def in_multirun():
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def current_trial(cfg):
-    """The sweep trial this job is, or None for a single run."""
-    from sweeper.trial import TrialReporter
-    reporter = TrialReporter.from_cfg(cfg)
-    if reporter is not None:
-        reporter.parent_run_id = cfg.sweep.parent_run_id
-    return reporter
 
 
 def wants(setting):
@@ -63,7 +55,7 @@ def train(cfg, report):
     learner = Learner(cfg, runtime, len(train_loader))
     if resumed:
         checkpoint.restore(resumed, train_loader=train_loader, **learner.parts())
-    trial = current_trial(cfg)
+    trial = current_trial()  # None unless this job is a sweep trial (sweeper/job.py)
     with RunContext(tracker, report, trial=trial, resumed=resumed, checkpoint_path=ckpt_path,
                     keep_checkpoint=cfg.trainer.keep_checkpoint, system_metrics=wants(cfg.mlflow.system_metrics)) as run:
         if resumed:
@@ -109,7 +101,9 @@ def train(cfg, report):
         print(f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | val acc "
               f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
               flush=True)
-    return history[-1]["val_acc"] if val_loader is not None else test_acc
+    value = history[-1]["val_acc"] if val_loader is not None else test_acc
+    # A two-objective sweep (direction [maximize, minimize]) trades accuracy against size.
+    return [value, report.total] if trial is not None and len(trial.directions) == 2 else value
 
 
 def report_graphs(learner, tracker, reported):
@@ -169,7 +163,7 @@ def save_artifacts(cfg, tracker, model, history, report, out_dir, train_loader):
     """Resolved config, parameter table, epoch records, curves (single runs) and the model, to MLflow."""
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, "resolved_config.yaml")
-    OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), config_path)
+    OmegaConf.save(masked_config(cfg), config_path)  # a password in a URL is masked
     table_path = os.path.join(out_dir, "param_table.txt")
     with open(table_path, "w") as f:
         f.write(report.table() + "\n" + report.summary_line() + "\n")

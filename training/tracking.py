@@ -16,6 +16,8 @@ import warnings
 from omegaconf import OmegaConf
 
 from errors import TrackingError
+from sweeper.secrets import mask_url, reveal
+from sweeper.stores import first_open, make_sqlite_folder
 
 RECORDS_FILE = "metrics.jsonl"
 
@@ -28,13 +30,27 @@ def flatten(cfg, prefix=""):
         if isinstance(value, dict):
             items.update(flatten(value, f"{name}."))
         else:
-            items[name] = value if not isinstance(value, (list, tuple)) else str(list(value))
+            items[name] = mask_url(value if not isinstance(value, (list, tuple)) else str(list(value)))
     return items
+
+
+def masked_config(cfg):
+    """The resolved config as a plain container, every URL's password masked (for artifacts and params)."""
+    return _masked(OmegaConf.to_container(cfg, resolve=True))
+
+
+def _masked(value):
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return mask_url(value)
 
 
 def check_reachable(uri, timeout=3.0):
     """Fail in seconds, not after MLflow's minutes of retries, when a server is not there."""
-    parsed = urllib.parse.urlparse(uri)
+    parsed = urllib.parse.urlparse(reveal(uri))
+    uri = mask_url(uri)
     if parsed.scheme not in ("http", "https"):
         return
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -47,40 +63,32 @@ def check_reachable(uri, timeout=3.0):
                             f"(sqlite:///mlflow.db)") from err
 
 
-def make_sqlite_folder(url):
-    """sqlite cannot create a database file in a folder that is not there; make the folder."""
-    if not url.startswith("sqlite:///"):
-        return
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    if path and path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-
 def open_store(uri, experiment):
-    """Point MLflow at `uri`, create its database once if it is new, and return the experiment id.
-
-    Creating a sqlite store from several processes at once fails, so sweeps call this first.
-    """
+    """Point MLflow at `uri` (a sweep's masked URL is revealed here), create its database if it is new,
+    and return the experiment id. Several processes may open one fresh sqlite store at once: each first
+    open holds `<db>.lock` (sweeper/stores.py), so only one of them creates the tables."""
     check_reachable(uri)
-    make_sqlite_folder(uri)
+    real = reveal(uri)
+    make_sqlite_folder(real)
     import mlflow
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(real)
     try:
-        found = mlflow.get_experiment_by_name(experiment)
-        return found.experiment_id if found else mlflow.create_experiment(experiment)
+        with first_open(real):
+            found = mlflow.get_experiment_by_name(experiment)
+            return found.experiment_id if found else mlflow.create_experiment(experiment)
     except Exception as err:
         if "already exists" in str(err):  # another worker created it a moment ago
             return mlflow.get_experiment_by_name(experiment).experiment_id
-        raise TrackingError(f"cannot open MLflow store {uri}: {err}") from err
+        raise TrackingError(f"cannot open MLflow store {mask_url(uri)}: {mask_url(str(err))}") from err
 
 
 def run_metrics(uri, run_id):
     """The final metrics of a finished run in `uri` (KeyError-free: raises TrackingError)."""
     from mlflow.tracking import MlflowClient
     try:
-        return dict(MlflowClient(uri).get_run(run_id).data.metrics)
+        return dict(MlflowClient(reveal(uri)).get_run(run_id).data.metrics)
     except Exception as err:
-        raise TrackingError(f"no MLflow run '{run_id}' in {uri} ({type(err).__name__})") from None
+        raise TrackingError(f"no MLflow run '{run_id}' in {mask_url(uri)} ({type(err).__name__})") from None
 
 
 class Tracker:
@@ -105,7 +113,7 @@ class Tracker:
     def has_run(self, run_id):
         import mlflow
         try:
-            mlflow.MlflowClient(self.uri).get_run(run_id)
+            mlflow.MlflowClient(reveal(self.uri)).get_run(run_id)
             return True
         except Exception:  # noqa: BLE001 - any answer but a run means "not in this store"
             return False
@@ -115,9 +123,12 @@ class Tracker:
               system_metrics=False):
         """Start the job's run (or reopen run_id); nested under a sweep's parent run when there is one.
         `report` is the gate's count (models.ParamReport): its parameters and training FLOPs are logged.
-        system_metrics: sample CPU/GPU utilisation and memory in the background while the run is open."""
+        system_metrics: sample CPU/GPU utilisation and memory in the background while the run is open.
+        CUDA_VISIBLE_DEVICES, when set (a sweep's device pool sets it per trial), is the tag cuda_visible_devices."""
         import mlflow
         all_tags = {"model": str(self.cfg.model.name), "num_params": str(report.total), **(tags or {})}
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+            all_tags["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = str(parent_run_id)
             all_tags["trial_number"] = str(trial_number)
@@ -126,8 +137,7 @@ class Tracker:
                                log_system_metrics=bool(system_metrics))
         self.run_id = run.info.run_id
         if run_id is None:
-            resolved = OmegaConf.to_container(self.cfg, resolve=True)
-            params = flatten({k: v for k, v in resolved.items() if k not in ("hydra", "sweep")})
+            params = flatten({k: v for k, v in masked_config(self.cfg).items() if k != "hydra"})
             params["num_params"] = report.total
             params["train_gflops"] = round(report.train_gflops, 4)
             items = list(params.items())

@@ -1,0 +1,47 @@
+"""Every private name of Hydra, the Optuna sweeper plugin and Optuna that this package uses, in one place.
+
+- `hydra_plugins.hydra_optuna_sweeper._impl.create_optuna_distribution_from_override` (plugin, private
+  module): turns one parsed override (`choice(...)`, `range(...)`, `interval(...)`, `tag(log, ...)`) into an
+  Optuna distribution, so the search-space grammar is exactly the plugin's. There is no public equivalent.
+- `optuna.Study._get_trials` (Optuna, private method): samplers read a study's trials through it (TPE,
+  GP, NSGA-II, CMA-ES, QMC all call it, with `use_cache=True`). `StudyView` overrides it so that a
+  learning sampler sees over-budget placeholders as finished trials with their constraint values, while
+  the study itself keeps them as FAIL for pruners and for every other reader (see sweeper/sampler.py).
+
+Everything else is public API: `Study.ask(fixed_distributions=...)` instead of `Trial._suggest`;
+trial ids from `storage.get_study_id_from_name` and `storage.get_trial_id_from_study_id_trial_number`
+instead of `Trial._trial_id`; the sweeper keeps its own storage object instead of reading `Study._storage`;
+`optuna.storages.fail_stale_trials`, `RDBStorage.record_heartbeat`, `GridSampler.is_exhausted`,
+`Study.enqueue_trial`; and Hydra's launcher helpers `hydra.core.utils.run_job` / `setup_globals` and
+`hydra.core.singleton.Singleton.get_state` / `set_state`, which Hydra's own launchers (basic, joblib)
+use the same way.
+"""
+import copy
+
+import optuna
+from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+__all__ = ["StudyView", "distribution_from_override"]
+
+
+def distribution_from_override(override):
+    """A parsed sweep override -> an Optuna distribution (the plugin's grammar); a plain value -> its string."""
+    return create_optuna_distribution_from_override(override)
+
+
+class StudyView(optuna.Study):
+    """The same study (storage, id, directions, sampler), with the trials a sampler reads rewritten.
+
+    `rewrite(trials) -> trials` is applied to what `_get_trials` returns; `get_trials` and `trials`
+    go through it too, so a sampler sees one consistent history whichever accessor it uses.
+    """
+
+    def __init__(self, study, rewrite):  # noqa: D107 - shares the study's state, creates nothing
+        self.__dict__.update(study.__dict__)
+        self._rewrite = rewrite
+
+    def _get_trials(self, deepcopy=True, states=None, use_cache=False):
+        trials = self._rewrite(super()._get_trials(deepcopy=False, states=None, use_cache=use_cache))
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials

@@ -1,0 +1,525 @@
+"""The constrained Optuna sweep: propose, check, launch, record; safe with several workers on one study.
+
+One proposal at a time: `study.ask` with the search space, the job config composed once
+(sweeper/compose.py) and handed to every constraint; an over-budget or invalid proposal, or one that
+repeats a trained or running trial, is recorded as FAIL with a user attr saying why and never
+launched. Feasible proposals go to the configured launcher in batches of `n_jobs` (as the upstream
+plugin does) or, with `devices`, to a pool that keeps every slot busy (sweeper/pool.py).
+
+Concurrency: from `ask` until `tell`, this process keeps the trial's heartbeat (queued, launched,
+waiting for batch-mates), so no other worker takes a live trial for dead. A trial whose heartbeat
+stopped (its worker was killed) is failed by `optuna.storages.fail_stale_trials` after
+`grace_period` and its slot proposed again; until then other workers count it as in flight and wait.
+A result for a trial that another process has already closed is logged, not raised.
+"""
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict, read_write
+from optuna.trial import TrialState
+
+from sweeper import job as job_api
+from sweeper import report, secrets, space as space_mod
+from sweeper.compose import JobConfigs
+from sweeper.constraints import INVALID_AMOUNT, Constraints, Verdict
+from sweeper.pool import DevicePool, device_ids
+from sweeper.preview import preview
+from sweeper.sampler import ConstrainedSampler, is_placeholder
+from sweeper.stores import open_storage
+from sweeper.study import Heartbeats, set_attrs, tell, trained_trials
+
+log = logging.getLogger(__name__)
+
+SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+SETTINGS = dict(sampler=None, direction="minimize", storage=None, study_name=None, n_trials=20, n_jobs=2,
+                max_failure_rate=0.0, custom_search_space=None, params=None, constraints=None, pruner=None,
+                preflight=None, mlflow=None, devices=None, trials_per_device=1, preview=False,
+                max_proposals_per_trial=50, heartbeat_interval=10, grace_period=60, objective_names=None)
+
+
+def _strings(container, prefix=""):
+    """(dotted path, value) of every string in a nested dict/list container."""
+    items = container.items() if isinstance(container, dict) else enumerate(container or [])
+    for key, value in items:
+        path = f"{prefix}{key}"
+        if isinstance(value, (dict, list)):
+            yield from _strings(value, f"{path}.")
+        elif isinstance(value, str):
+            yield path, value
+
+
+class UsageError(Exception):
+    """A sweep that cannot start; printed as one line `error: ...`, exit status 2, nothing written."""
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot go on; the message says why and what to change."""
+
+
+@dataclass
+class Proposal:
+    trial: optuna.trial.Trial
+    trial_id: int
+    overrides: list
+    kind: str = "feasible"  # feasible | over_budget | invalid | repeat
+    measured: dict = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def number(self):
+        return self.trial.number
+
+
+def readable(value):
+    """1115018.0 -> 1115018, 0.25 -> 0.25: amounts as a person reads them."""
+    return int(value) if isinstance(value, float) and value.is_integer() else (f"{value:.4g}" if isinstance(value, float) else value)
+
+
+class ConstrainedSweep:
+    def __init__(self, settings, hydra_context, task_function, config):
+        unknown = set(settings) - set(SETTINGS)
+        if unknown:
+            raise ValueError(f"hydra.sweeper: unknown keys {sorted(unknown)}; allowed: {sorted(SETTINGS)}")
+        self.s = dict(SETTINGS, **settings)
+        for key in ("params", "constraints", "pruner", "preflight", "mlflow", "devices", "objective_names"):
+            if OmegaConf.is_config(self.s[key]):
+                self.s[key] = OmegaConf.to_container(self.s[key], resolve=True)
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        self.whitelist = getattr(hydra_context, "execution_whitelist", None)
+        direction = self.s["direction"]
+        direction = OmegaConf.to_container(direction) if OmegaConf.is_config(direction) else direction
+        self.directions = [getattr(d, "name", d) for d in (direction if isinstance(direction, list) else [direction])]
+        self.n_trials = int(self.s["n_trials"])
+        self.job_idx = 0
+        self.counts = {"feasible": 0, "over_budget": 0, "invalid": 0, "repeat": 0}
+        self.rng = random.Random((self.s["sampler"] or {}).get("seed"))
+
+    # --- entry -------------------------------------------------------------------------------------
+    def sweep(self, arguments):
+        try:
+            return self._sweep(list(arguments))
+        except (UsageError, SweepError) as err:
+            print(f"error: {secrets.mask_url(str(err))}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    def _sweep(self, arguments):
+        arguments = self.hide_secrets(arguments)
+        self.space, self.fixed = space_mod.parse(self.s["params"], arguments)
+        self.extender = self.build_extender()
+        if not self.space and self.extender is None:
+            raise UsageError("hydra.sweeper.params: the search space is empty: give hydra.sweeper.params (a search "
+                             "preset) or sweep overrides such as model.dropout='interval(0,0.3)'")
+        self.job_configs = JobConfigs(self.hydra_context.config_loader, self.config)
+        base = self.base_config()
+        self.constraints = self.build(Constraints, self.s["constraints"], self.whitelist)
+        self.build(job_api.build_pruner, self.s["pruner"])  # an unknown pruner stops here, not in the first job
+        self.devices = self.build(device_ids, self.s["devices"])
+        sampler = self.build_sampler()
+        if self.s["preview"]:
+            return preview(self, sampler)
+        self.preflight(base)
+        # Started now, so that the pool's workers import the app while the study and MLflow open.
+        self.pool = self.build(DevicePool, self.devices, int(self.s["trials_per_device"]), self.task_function,
+                               self.hydra_context) if self.devices else None
+        try:
+            self.run(self.open_study(sampler))
+        finally:
+            if self.pool:
+                self.pool.shutdown(wait=False)  # they exit in the background (the interpreter joins them)
+
+    def run(self, study):
+        self.tracking = report.Tracking(self.s["mlflow"])
+        try:
+            self.parent = self.tracking.parent_run(study, self.storage)
+        except Exception as err:
+            raise UsageError(f"mlflow.tracking_uri={secrets.mask_url(self.tracking.uri)}: cannot open the MLflow "
+                             f"store ({type(err).__name__}: {secrets.mask_url(str(err)).splitlines()[0]})") from err
+        log.info(f"Study {study.study_name} in {secrets.mask_url(self.storage_url) or 'memory'} | "
+                 f"sampler {study.sampler} | directions {self.directions} | "
+                 f"pruner {(self.s['pruner'] or {}).get('name', 'none')} | "
+                 + (f"devices {self.devices} x {self.s['trials_per_device']}" if self.devices else
+                    f"batches of {self.s['n_jobs']}") + (f" | MLflow parent run {self.parent}" if self.parent else ""))
+        self.share_sweep_identity()
+        already = len(trained_trials(study.get_trials(deepcopy=False)))
+        if already:
+            log.info(f"resuming: {already} of {self.n_trials} trials already trained")
+        try:
+            self.loop(study)
+        except BaseException as err:
+            self.tracking.finish(self.parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+        finally:
+            self.heartbeats.stop()
+        self.tracking.close_interrupted(study, self.parent)
+        report.summarize(self.tracking, self.config, study, self.parent, self.directions, self.s["objective_names"],
+                         self.hydra_context.config_loader, self.counts)
+
+    # --- set-up --------------------------------------------------------------------------------------
+    @staticmethod
+    def build(make, *args):
+        try:
+            return make(*args)
+        except (ValueError, TypeError) as err:
+            raise UsageError(str(err)) from err
+
+    def hide_secrets(self, arguments):
+        """Remember real URLs (for this process and its jobs) and mask them in everything passed on."""
+        overrides = self.config.hydra.overrides
+        secrets.remember(self.s["storage"], (self.s["mlflow"] or {}).get("tracking_uri"), *arguments,
+                         *overrides.hydra, *overrides.task)
+        with read_write(overrides), open_dict(overrides):
+            overrides.hydra = [secrets.mask_url(o) for o in overrides.hydra]
+            overrides.task = [secrets.mask_url(o) for o in overrides.task]
+        # Jobs are composed from the masked overrides, and Hydra requires their hydra.sweeper to equal this one.
+        node = self.config.hydra.sweeper
+        for path, value in _strings(OmegaConf.to_container(node, resolve=False)):
+            if secrets.has_password(value):
+                with read_write(node), open_dict(node):
+                    OmegaConf.update(node, path, secrets.mask_url(value), merge=False)
+        return [secrets.mask_url(a) for a in arguments]
+
+    def build_extender(self):
+        if not self.s["custom_search_space"]:
+            return None
+        return instantiate({"_target_": self.s["custom_search_space"], "_partial_": True},
+                           _execution_whitelist_=self.whitelist)
+
+    def base_config(self):
+        """The job config without search values; every plain search key must be in it."""
+        try:
+            base = self.job_configs(self.fixed)
+        except Exception as err:
+            raise UsageError(f"the sweep's fixed overrides do not compose: {str(err).splitlines()[0]}") from err
+        missing = space_mod.missing_keys(self.space, base, self.job_configs.is_group)
+        if missing:
+            choices = self.config.hydra.runtime.choices
+            groups = [f"{g}={choices[g]}" for g in dict.fromkeys(k.split(".")[0] for k in missing) if g in choices]
+            raise UsageError(
+                f"hydra.sweeper.params: {', '.join(repr(k) for k in missing)} "
+                f"{'is not a key' if len(missing) == 1 else 'are not keys'} of the config"
+                + (f" ({', '.join(groups)})" if groups else "")
+                + ": add it to that config, or search other keys (a hydra/sweeper/search preset that fits, "
+                  "or the space on the command line)")
+        return base
+
+    def preflight(self, base):
+        if not self.s["preflight"]:
+            return
+        spec = dict(self.s["preflight"])
+        spec.setdefault("_partial_", True)
+        check = self.build(lambda: instantiate(spec, _execution_whitelist_=self.whitelist))
+        try:
+            check(base)
+        except Exception as err:  # noqa: BLE001 - the check's own message says what to change
+            raise UsageError(str(err).strip() or type(err).__name__) from err
+
+    def build_sampler(self):
+        spec = dict(self.s["sampler"] or {"_target_": "optuna.samplers.TPESampler"})
+        inner = instantiate(spec, _execution_whitelist_=SAMPLER_WHITELIST)
+        self.grid = None
+        if callable(inner) and getattr(inner, "func", None) is optuna.samplers.GridSampler:
+            try:
+                choices = space_mod.grid(self.space)
+            except ValueError as err:
+                raise UsageError(str(err)) from err
+            inner = self.grid = inner(choices)
+        return ConstrainedSampler(inner, n_startup_trials=spec.get("n_startup_trials", 0), seed=spec.get("seed"))
+
+    def open_study(self, sampler):
+        self.storage_url = self.s["storage"]
+        real = secrets.reveal(self.storage_url)
+        try:
+            if real:
+                self.storage = open_storage(real, self.s["heartbeat_interval"], self.s["grace_period"])
+            else:
+                self.storage = optuna.storages.InMemoryStorage()
+            study = optuna.create_study(study_name=self.s["study_name"], storage=self.storage, sampler=sampler,
+                                        directions=self.directions, load_if_exists=True)
+        except Exception as err:
+            raise UsageError(f"hydra.sweeper.storage={secrets.mask_url(self.storage_url)}: cannot open the study "
+                             f"({type(err).__name__}: {secrets.mask_url(str(err)).splitlines()[0]})") from err
+        if not real:
+            job_api.in_process_storages[study.study_name] = self.storage
+        self.study_name, self.study_id = study.study_name, self.storage.get_study_id_from_name(study.study_name)
+        self.heartbeats = Heartbeats(self.storage, self.s["heartbeat_interval"])
+        return study
+
+    # --- proposals -----------------------------------------------------------------------------------
+    def propose_once(self, study):
+        """Ask one trial and judge it. Returns a Proposal (kind feasible, over_budget, invalid or repeat; only a
+        feasible one is still open) or None when a finite space has no configuration left to try."""
+        trials = study.get_trials(deepcopy=False)
+        known, seen = self.known(trials)
+        if self.exhausted(seen):
+            return None
+        if self.grid is not None and self.grid.is_exhausted(study):
+            # The grid counts every finished cell as done, an interrupted (stale) trial's too: queue what is left.
+            self.steer_to_unseen(study, seen)
+        trial = study.ask(self.space)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        self.heartbeats.hold(trial_id)
+        if self.extender is not None:
+            self.extender(self.config, trial)
+        params = dict(trial.params)
+        proposal = Proposal(trial, trial_id, space_mod.as_overrides(params) + self.fixed)
+        key = space_mod.params_key(params)
+        if key in known:
+            proposal.kind, proposal.note = "repeat", f"repeat of #{known[key]}"
+            self.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": known[key]})
+        else:
+            self.judge(study, proposal)
+        if key in seen or proposal.kind == "repeat":  # a finite space's sampler may keep coming back: move on
+            self.steer_to_unseen(study, seen | {key})
+        return proposal
+
+    def judge(self, study, proposal):
+        """Compose the proposal's job config once, run every constraint on it, record the verdict; a proposal
+        that is over budget or invalid is told FAIL (a placeholder) and never launched."""
+        try:
+            verdict = self.constraints(self.job_configs(proposal.overrides))
+        except Exception as err:  # noqa: BLE001 - a value Hydra cannot compose: invalid, like any refused config
+            verdict = Verdict(amounts={n: INVALID_AMOUNT for n in self.constraints.names},
+                              invalid=str(err).strip().splitlines()[0])
+        for name, amount in verdict.amounts.items():
+            proposal.trial.set_constraint(name, amount)
+        proposal.measured = verdict.measured
+        attrs = dict(verdict.measured)
+        if verdict.feasible:
+            set_attrs(proposal.trial, attrs)
+            return
+        if verdict.invalid is not None:
+            proposal.kind, proposal.note = "invalid", f"invalid: {verdict.invalid}"
+            attrs.update(invalid=True, reason=verdict.invalid)
+        else:
+            over = ", ".join(f"{name} +{readable(amount)}" for name, amount in verdict.over().items())
+            proposal.kind, proposal.note = "over_budget", f"over budget ({over})"
+            attrs.update(infeasible=True, reason=f"over budget: {over}")
+        self.close(study, proposal, state=TrialState.FAIL, attrs=attrs)
+
+    def propose(self, study):
+        """The next feasible, new proposal; None when the space is exhausted."""
+        for _ in range(self.s["max_proposals_per_trial"]):
+            proposal = self.propose_once(study)
+            if proposal is None or proposal.kind == "feasible":
+                return proposal
+            self.counts[proposal.kind] += 1
+            log.info(f"  proposal #{proposal.number} not launched: {proposal.note} "
+                     f"({' '.join(proposal.overrides[:len(proposal.trial.params)])})")
+        raise SweepError(
+            f"{self.s['max_proposals_per_trial']} proposals in a row were over budget, invalid or repeats, so the "
+            f"sweep stopped instead of spinning. Shrink the search space or loosen the budget, or raise "
+            f"hydra.sweeper.max_proposals_per_trial.")
+
+    def known(self, trials):
+        """(params key -> number of a trained or running trial, keys of the search space's configurations
+        already trained, running or judged infeasible). An interrupted trial's configuration is not known:
+        it is tried again."""
+        known, seen = {}, set()
+        for t in trials:
+            key = space_mod.params_key(t.params)
+            if t.state == TrialState.RUNNING or trained_trials([t]):
+                known.setdefault(key, t.number)
+            elif not is_placeholder(t):
+                continue
+            if space_mod.in_space(self.space, t.params):
+                seen.add(key)
+        return known, seen
+
+    def exhausted(self, seen):
+        """A finite space (grid, or every parameter discrete) whose every configuration has been judged."""
+        if self.extender is not None:
+            return False
+        size = space_mod.size(self.space)
+        return size is not None and len(seen) >= size
+
+    def steer_to_unseen(self, study, seen):
+        """Queue a configuration of a finite space not tried yet (after a repeat, or when the grid thinks it is done)."""
+        if self.extender is None:
+            cell = space_mod.unseen_cell(self.space, seen, self.rng)
+            if cell is not None:
+                study.enqueue_trial(cell)
+
+    def close(self, study, proposal, state, values=None, attrs=None):
+        """Record how a trial ended and stop its heartbeat."""
+        if attrs:
+            set_attrs(proposal.trial, attrs)
+        recorded = tell(study, proposal.number, state=state, values=values)
+        self.heartbeats.release(proposal.trial_id)
+        return recorded
+
+    # --- the loop --------------------------------------------------------------------------------------
+    def remaining(self, trials):
+        """Trials still to start: n_trials less the trained ones and every trial in flight (any worker's,
+        launched or not: a dead worker's stays in flight until its heartbeat is stale)."""
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        return self.n_trials - len(trained_trials(trials)) - running, running
+
+    def withdrawn(self, study, proposal):
+        """Two workers can both see the last slot free and both propose: the higher trial number gives way."""
+        trials = study.get_trials(deepcopy=False)
+        ahead = len(trained_trials(trials)) + sum(
+            1 for t in trials if t.state == TrialState.RUNNING and t.number < proposal.number)
+        if ahead < self.n_trials:
+            return False
+        self.close(study, proposal, state=TrialState.FAIL, attrs={"withdrawn": True})
+        log.info(f"  proposal #{proposal.number} withdrawn: another worker took the last trial")
+        return True
+
+    def share_sweep_identity(self):
+        """What every job of this sweep shares (study, storage, parent run) goes into this process's
+        environment, which launched jobs inherit (the pool's workers, started earlier, get it with each
+        trial); what differs per job goes into `hydra.job.env_set`."""
+        self.shared_env = {job_api.ENV_STUDY: self.study_name, job_api.ENV_STORAGE: secrets.mask_url(self.storage_url or ""),
+                           job_api.ENV_PARENT_RUN: self.parent or "", job_api.ENV_DIRECTIONS: ",".join(self.directions),
+                           secrets.ENV: os.environ.get(secrets.ENV, "{}")}
+        os.environ.update(self.shared_env)
+
+    def identity(self, proposal, device=None):
+        """Per-job environment (hydra.job.env_set, applied around the task function by every launcher)."""
+        env = {job_api.ENV_TRIAL: proposal.number, job_api.ENV_TRIAL_ID: proposal.trial_id}
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        quote = lambda v: "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731
+        return [f"++hydra.job.env_set.{key}={quote(value)}" for key, value in env.items()]
+
+    def mark_launched(self, proposal):
+        self.counts["feasible"] += 1
+        set_attrs(proposal.trial, {"launched": True, "overrides": " ".join(proposal.overrides)})
+
+    def loop(self, study):
+        """Keep every slot busy (pool) or run batches of n_jobs (launcher) until n_trials have trained,
+        the space is exhausted, or too many jobs crash."""
+        if self.pool:
+            log.info("devices given: trials run in the sweeper's device pool (hydra/launcher is not used)")
+        else:
+            self.launcher = Plugins.instance().instantiate_launcher(
+                config=self.config, hydra_context=self.hydra_context, task_function=self.task_function)
+        poll = min(5.0, float(self.s["heartbeat_interval"]))
+        self.exhausted_space, self.started_at, self.crashes, self.ended = False, time.perf_counter(), [], 0
+        self.stopped_by = None  # a SweepError from proposing: raised once the trials in flight are recorded
+        while True:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once their heartbeat is stale
+            started = self.start_trials(study)
+            if self.pool:
+                results = self.pool.collect(timeout=poll)
+            else:
+                results = list(zip(started, self.launch(started))) if started else []
+            self.record_all(study, results)
+            if (self.pool and self.pool.busy()) or results:
+                continue
+            if self.stopped_by is not None:
+                raise self.stopped_by
+            left, running = self.remaining(study.get_trials(deepcopy=False))
+            if self.exhausted_space or (left <= 0 and running == 0):
+                return
+            if left <= 0:
+                time.sleep(poll)  # other workers' trials are in flight: one may fail and free its slot
+
+    def start_trials(self, study):
+        """Propose into every free slot (pool: started at once; launcher: one batch, returned)."""
+        batch = []
+        while not (self.exhausted_space or self.stopped_by) and (
+                self.pool.free_slot() is not None if self.pool else len(batch) < int(self.s["n_jobs"])):
+            if self.remaining(study.get_trials(deepcopy=False))[0] <= 0:
+                break
+            try:
+                proposal = self.propose(study)
+            except SweepError as err:  # launch nothing more; the batch so far and the pool's trials still end
+                self.stopped_by = err
+                break
+            if proposal is None:
+                self.exhausted_space = True
+                log.info("every configuration of the search space has been tried")
+                break
+            if self.withdrawn(study, proposal):
+                break
+            self.mark_launched(proposal)
+            batch.append(proposal)
+            if self.pool:
+                slot = self.pool.free_slot()
+                self.pool.start(slot, self.sweep_config(proposal, slot.device), proposal, self.shared_env)
+                log.info(f"  trial #{proposal.number} on device {slot.device}: "
+                         f"{' '.join(proposal.overrides[:len(proposal.trial.params)])}")
+        return batch
+
+    def record_all(self, study, results):
+        """Record finished trials; stop the sweep, as the plugin does, when more than max_failure_rate of a
+        batch crashed (with a pool, which has no batches: of this run's finished trials)."""
+        if not results:
+            return
+        crashes = [err for proposal, ret in results if (err := self.record(study, proposal, ret)) is not None]
+        self.crashes += crashes
+        self.ended += len(results)
+        done = len(trained_trials(study.get_trials(deepcopy=False)))
+        log.info(f"[{done}/{self.n_trials} trained | {self.counts['over_budget']} over budget, "
+                 f"{self.counts['invalid']} invalid, {self.counts['repeat']} repeats skipped | "
+                 f"{time.perf_counter() - self.started_at:.0f}s]")
+        failed, ended = (len(self.crashes), self.ended) if self.pool else (len(crashes), len(results))
+        if failed and failed / ended > float(self.s["max_failure_rate"]):
+            while self.pool and self.pool.busy():  # never lose a finished trial: wait for the others
+                for proposal, ret in self.pool.collect(timeout=1.0):
+                    self.record(study, proposal, ret)
+            raise (crashes or self.crashes)[0]
+
+    def sweep_config(self, proposal, device):
+        """The trial's full Hydra config for the pool (the launchers compose their own)."""
+        overrides = list(proposal.overrides) + self.identity(proposal, device)
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(cfg):
+            cfg.hydra.job.id = str(self.job_idx)
+            cfg.hydra.job.num = self.job_idx
+        self.job_idx += 1
+        return cfg
+
+    def launch(self, batch):
+        jobs = [tuple(p.overrides) + tuple(self.identity(p)) for p in batch]
+        returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
+        self.job_idx += len(returns)
+        return returns
+
+    def record(self, study, proposal, ret):
+        """Tell the study how a launched trial ended. Returns the exception of a job that crashed."""
+        try:
+            value = ret.return_value  # re-raises the job's exception
+        except Exception as err:  # noqa: BLE001 - every job error is recorded, then judged by max_failure_rate
+            reason = secrets.mask_url(f"{type(err).__name__}: {err}")[:1000]
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
+            log.warning(f"  trial #{proposal.number} failed: {reason}")
+            return err
+        if isinstance(value, job_api.Pruned):
+            self.close(study, proposal, TrialState.PRUNED)
+            log.info(f"  trial #{proposal.number} pruned: {value.message}")
+            return None
+        if isinstance(value, job_api.Failed):
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": str(value.reason)[:1000]})
+            log.warning(f"  trial #{proposal.number} failed: {value.reason}")
+            return None
+        values = self.numbers(value)
+        if values is None:
+            reason = (f"the job returned {value!r}, not {'a number' if len(self.directions) == 1 else f'{len(self.directions)} numbers'}")
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason[:1000]})
+            log.warning(f"  trial #{proposal.number}: {reason}; recorded as FAIL, the sweep goes on")
+            return None
+        self.close(study, proposal, TrialState.COMPLETE, values=values)
+        shown = " ".join(f"{k}={v}" for k, v in proposal.measured.items())
+        log.info(f"  trial #{proposal.number}: value {', '.join(f'{v:.4f}' for v in values)}{' | ' + shown if shown else ''}")
+        return None
+
+    def numbers(self, value):
+        """The job's return as finite floats, one per direction; None if it is not that."""
+        items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+        try:
+            numbers = [float(v) for v in items if not isinstance(v, (str, bool))]
+        except (TypeError, ValueError):
+            return None
+        if len(numbers) != len(items) or len(numbers) != len(self.directions):
+            return None
+        return numbers if all(math.isfinite(v) for v in numbers) else None

@@ -1,0 +1,100 @@
+"""The search space: `hydra.sweeper.params` and the command line's sweep overrides, in the plugin's grammar."""
+import itertools
+import math
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from sweeper.compat import distribution_from_override
+
+MAX_ENUMERATED_CELLS = 100_000
+
+
+def parse(params, arguments):
+    """-> ({name: distribution}, [fixed overrides]). Later entries win: the command line over the preset,
+    and a plain value (`model.dropout=0.1`) takes its key out of the space."""
+    lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
+    space, fixed = {}, {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        key = override.get_key_element()
+        value = distribution_from_override(override) if not override.is_delete() else None
+        if isinstance(value, BaseDistribution):
+            space[key] = value
+            fixed.pop(key, None)
+        else:
+            fixed[key] = override.input_line
+            space.pop(key, None)
+    return space, list(fixed.values())
+
+
+def as_overrides(params):
+    return [f"{name}={value}" for name, value in params.items()]
+
+
+def params_key(params):
+    """A hashable identity of one configuration (floats to 12 digits: 0.30000000000000004 is 0.3)."""
+    return tuple(sorted((name, repr(round(value, 12) if isinstance(value, float) else value))
+                        for name, value in params.items()))
+
+
+def choices(distribution):
+    """Every value of a discrete distribution (for the grid and for finite spaces); None if continuous."""
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, IntDistribution) and not distribution.log:
+        return list(range(distribution.low, distribution.high + 1, distribution.step))
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:
+        count = int(round((distribution.high - distribution.low) / distribution.step)) + 1
+        return [min(distribution.high, round(distribution.low + i * distribution.step, 12)) for i in range(count)]
+    return None
+
+
+def grid(space):
+    found = {name: choices(dist) for name, dist in space.items()}
+    continuous = [name for name, values in found.items() if values is None]
+    if continuous:
+        raise ValueError(f"hydra/sweeper/sampler=grid needs discrete values: {', '.join(continuous)} "
+                         f"{'is' if len(continuous) == 1 else 'are'} continuous (use choice(...) or range(...))")
+    return found
+
+
+def size(space):
+    """Number of distinct configurations of a finite space; None if any parameter is continuous."""
+    counts = [choices(dist) for dist in space.values()]
+    return None if any(c is None for c in counts) else math.prod(len(c) for c in counts)
+
+
+def in_space(space, params):
+    """Do these params name exactly the space's parameters, each value one of its choices (if discrete)?"""
+    if set(params) != set(space):
+        return False
+    for name, dist in space.items():
+        values = choices(dist)
+        if values is not None and params_key({name: params[name]}) not in {params_key({name: v}) for v in values}:
+            return False
+    return True
+
+
+def unseen_cell(space, seen, rng):
+    """A random configuration of a finite space whose key is not in `seen`, or None."""
+    names = list(space)
+    if (size(space) or MAX_ENUMERATED_CELLS + 1) > MAX_ENUMERATED_CELLS:
+        return None
+    cells = [dict(zip(names, values)) for values in itertools.product(*(choices(space[n]) for n in names))]
+    cells = [cell for cell in cells if params_key(cell) not in seen]
+    return rng.choice(cells) if cells else None
+
+
+def missing_keys(space, base_cfg, is_group):
+    """Search-space keys that are plain values (not config groups) but not in the composed config."""
+    from omegaconf import OmegaConf
+    missing = []
+    for name in space:
+        if name.startswith(("+", "~")) or is_group(name):
+            continue
+        if OmegaConf.select(base_cfg, name.lstrip("+"), default=_ABSENT, throw_on_missing=False) is _ABSENT:
+            missing.append(name)
+    return missing
+
+
+_ABSENT = object()

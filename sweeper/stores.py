@@ -1,0 +1,69 @@
+"""Opening the study's storage, and any embedded (sqlite) database, safely from several processes at once.
+
+Two processes that open a fresh sqlite database at the same moment both try to create its tables
+(Optuna's, or MLflow's alembic migrations) and one fails: measured here, two MLflow stores opened at
+the same instant failed 3 times in 3, an Optuna one 1 in 3 (README, "Sweeps at scale"). `first_open`
+holds an exclusive `fcntl` lock on `<db>.lock` beside the file while a process opens it, so creation
+and schema checks happen one process at a time; later reads and writes are sqlite's own business,
+with a busy timeout so that a writer waits for another instead of failing with "database is locked".
+"""
+import contextlib
+import fcntl
+import os
+import warnings
+
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def sqlite_path(url):
+    """The file behind a `sqlite:///path` URL; None for other URLs and in-memory databases."""
+    if not isinstance(url, str) or not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return None if not path or path == ":memory:" else os.path.abspath(path)
+
+
+def make_sqlite_folder(url):
+    """sqlite cannot create a database file in a folder that is not there; make the folder."""
+    path = sqlite_path(url)
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+@contextlib.contextmanager
+def first_open(url):
+    """Hold `<db>.lock` (sqlite only) while the database is opened, created or migrated."""
+    path = sqlite_path(url)
+    if path is None:
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+_storages = {}
+
+
+def open_storage(url, heartbeat_interval=None, grace_period=None):
+    """Optuna's RDBStorage for `url` (with heartbeats when an interval is given), one per process and URL.
+
+    Trials that run in this process (the basic launcher) share it instead of paying for a new engine
+    and schema check each (~0.1 s a trial).
+    """
+    key = (url, heartbeat_interval, grace_period)
+    if key not in _storages:
+        import optuna
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        # We drive heartbeats ourselves (ask/tell, not Study.optimize); Optuna warns at every ask.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if url.startswith("sqlite") else {}
+        heartbeat = {} if heartbeat_interval is None else dict(heartbeat_interval=heartbeat_interval,
+                                                                grace_period=grace_period)
+        with first_open(url):
+            _storages[key] = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    return _storages[key]
