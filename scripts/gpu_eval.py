@@ -16,6 +16,8 @@ measured):
      study) packed, and this log, under --out ($OUT on the GPU machine); summary.json and the weights
      also under --results (results/gpu_eval/ in the repository).
 --smoke runs the same path on a CPU with tiny settings (synthetic CIFAR-format data, tiny schedules).
+--preflight (the first device call, once part-1 and its wheels are there) only checks, in seconds, that the
+packages import and work and that a training step is captured as a CUDA graph there.
 """
 import argparse
 import json
@@ -173,9 +175,42 @@ def describe(params):
     return f"[{','.join(layers)}], {params['stem']} stem"
 
 
+def preflight(log, device):
+    """The first call's check, in seconds, before the data has arrived: the installed packages import and work
+    (an MLflow sqlite store with a run, an Optuna sqlite study with a trial, Hydra composing the family and the
+    recipe), and on a GPU a training step of model=final with recipe=short is captured as a CUDA graph."""
+    import mlflow
+    import optuna
+    from models import param_report
+    folder = Path(tempfile.mkdtemp(prefix="gpu_eval_preflight_"))
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("preflight", artifact_location=str(folder / "a"))):
+        mlflow.log_metric("x", 1.0)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{folder / 'optuna.db'}", study_name="preflight")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    family = param_report(config(["model=family", RECIPE]))
+    log(f"preflight: MLflow sqlite run ok, Optuna sqlite study ok, model=family {RECIPE}: {family.total:,} parameters")
+    if device.type != "cuda":
+        log("preflight: no GPU here: CUDA graphs not checked")
+        return 0
+    from benchmarks.train_step import GRAPH_VARIANTS, bench_gpu_switches
+    batch = 512
+    images = torch.randint(0, 256, (batch * 10, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (batch * 10,))
+    torch.backends.cudnn.benchmark = True
+    row = bench_gpu_switches(config(["model=final", RECIPE]), images, labels, batch, 10, 1,
+                             variants={"graphs": GRAPH_VARIANTS["bf16+channels_last+fused+graphs"]})[0]
+    log(f"preflight: model=final {RECIPE}, batch {batch}, random images: {row['images_per_sec']:,.0f} img/s | "
+        f"cuda graphs {row['cuda_graphs']}")
+    return 0 if str(row["cuda_graphs"]).startswith("on") else 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="the same path on a CPU with tiny settings")
+    parser.add_argument("--preflight", action="store_true",
+                        help="only check the packages (and on a GPU the CUDA-graph capture), in seconds")
     parser.add_argument("--budget", type=float, help="seconds for the whole run from gpu_eval.sh's start (default 540)")
     parser.add_argument("--data", default=os.environ.get("CIFAR10_ROOT", str(ROOT / ".gpu_eval" / "data")),
                         help="the folder holding cifar-10-batches-py/ (default: what gpu_eval.sh unpacked)")
@@ -212,6 +247,8 @@ def main(argv=None):
                               "sqlalchemy": sqlalchemy.__version__, "alembic": alembic.__version__}
     log(f"gpu_eval {'(smoke) ' if args.smoke else ''}{summary['started']} | {gpu} | budget {budget:.0f} s | "
         + " ".join(f"{k} {v}" for k, v in summary["environment"].items() if k not in ("gpu",)))
+    if args.preflight:
+        return preflight(log, device)
 
     # 1. the data
     data_overrides = []

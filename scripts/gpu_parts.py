@@ -2,13 +2,16 @@
 
 A GPU machine is reached through calls that each carry at most 64 MiB of the checkout (README "On a GPU"),
 and it has PyTorch but not Hydra, Optuna, MLflow or SQLAlchemy. `pack` (here, after downloading the wheels)
-writes one xz-compressed tar of the dataset folder and the wheels, cut into parts of at most --part-mib,
-and a manifest with each part's size and sha256; `check` (there, after each call) says which parts have
-arrived intact; `unpack` (there, in scripts/gpu_eval.sh) verifies all of them and extracts the tar.
+writes one xz-compressed tar of the wheels and the dataset folder (wheels first), cut into parts of at most
+--part-mib, and a manifest with each part's size and sha256; `check` (there, after each call) says which
+parts have arrived intact; `wheels` extracts the wheels from the parts here so far (part-1 holds them: the
+first call's preflight installs them); `unpack` (there, in scripts/gpu_eval.sh) verifies all parts and
+extracts the whole tar.
 Standard library only: it runs on the GPU machine before anything is installed.
 
     python scripts/gpu_parts.py pack --data ../shared/cifar10 --wheels .gpu_eval/wheels --out .gpu_eval/parts
     python scripts/gpu_parts.py check --parts .gpu_eval/parts
+    python scripts/gpu_parts.py wheels --parts .gpu_eval/parts --into .gpu_eval   # from part-1 alone
     python scripts/gpu_parts.py unpack --parts .gpu_eval/parts --into .gpu_eval
 """
 import argparse
@@ -107,10 +110,10 @@ def pack(data_root, wheels, out, part_mib, preset=6):
         old.unlink()
     writer = PartWriter(out, int(part_mib * 2**20))
     with lzma.open(writer, "wb", preset=preset) as packed, tarfile.open(fileobj=packed, mode="w|") as tar:
+        for path in wheel_files:  # first: the first part alone gives them (wheels, for the first call's preflight)
+            tar.add(path, arcname=f"wheels/{path.name}")
         for path in files:
             tar.add(path, arcname=f"data/{DATA_FOLDER}/{path.name}")
-        for path in wheel_files:
-            tar.add(path, arcname=f"wheels/{path.name}")
     writer.close()
     manifest = {"parts": writer.parts, "data": [p.name for p in files], "wheels": [p.name for p in wheel_files],
                 "part_mib": part_mib}
@@ -150,6 +153,37 @@ def unpack(parts, into):
     return manifest
 
 
+def extract_wheels(parts, into):
+    """The wheels alone, from the parts that are here so far (they come first in the tar: part-1 holds them all
+    when they fit in it). Returns how many were extracted; SystemExit when a present part is damaged."""
+    parts = Path(parts)
+    manifest = json.loads((parts / MANIFEST).read_text())
+    present = []
+    for part in manifest["parts"]:
+        path = parts / part["name"]
+        if not path.is_file():
+            break
+        if path.stat().st_size != part["bytes"] or sha256(path) != part["sha256"]:
+            raise SystemExit(f"error: {part['name']} is damaged (size or sha256 differs from the manifest): carry it again")
+        present.append(path)
+    if not present:
+        raise SystemExit(f"error: {parts / manifest['parts'][0]['name']} is not here yet")
+    reader = io.BufferedReader(PartReader(present), 1 << 20)
+    extracted = 0
+    try:
+        with lzma.open(reader, "rb") as packed, tarfile.open(fileobj=packed, mode="r|") as tar:
+            for member in tar:
+                if not member.name.startswith("wheels/"):
+                    break
+                tar.extract(member, into, filter="data")
+                extracted += 1
+    except (EOFError, tarfile.ReadError):  # the parts here end inside the wheels: the rest come with later parts
+        pass
+    if extracted < len(manifest["wheels"]):
+        raise SystemExit(f"error: only {extracted} of {len(manifest['wheels'])} wheels are in the parts here so far")
+    return extracted
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +195,9 @@ def main(argv=None):
     p.add_argument("--preset", type=int, default=6, help="xz preset (6: CIFAR-10 to ~75%%)")
     c = sub.add_parser("check")
     c.add_argument("--parts", default=".gpu_eval/parts")
+    w = sub.add_parser("wheels", help="extract the wheels alone from the parts here so far")
+    w.add_argument("--parts", default=".gpu_eval/parts")
+    w.add_argument("--into", default=".gpu_eval")
     u = sub.add_parser("unpack")
     u.add_argument("--parts", default=".gpu_eval/parts")
     u.add_argument("--into", default=".gpu_eval")
@@ -175,6 +212,9 @@ def main(argv=None):
         ok, lines = check(args.parts)
         print("\n".join(lines))
         print("all parts here and intact" if ok else "not all parts here yet")
+        return 0
+    if args.command == "wheels":
+        print(f"extracted {extract_wheels(args.parts, args.into)} wheels into {args.into}/wheels")
         return 0
     manifest = unpack(args.parts, args.into)
     print(f"unpacked {len(manifest['data'])} data files and {len(manifest['wheels'])} wheels into {args.into}")

@@ -25,7 +25,9 @@ n=$(ls .gpu_eval/parts/part-* | wc -l)
 echo
 echo "Device calls (run tool; keep them back to back: a machine stays warm ~30 s after a call):"
 for i in $(seq 1 "$n"); do
-  if [ "$i" -lt "$n" ]; then
+  if [ "$i" = 1 ] && [ "$n" -gt 1 ]; then  # part-1 holds the wheels: install and check them (and a CUDA-graph capture) now
+    echo "  call $i: carry [\".gpu_eval/parts/manifest.json\", \".gpu_eval/parts/part-$i\"]  command: scripts/gpu_eval.sh --preflight  timeout_s: 180"
+  elif [ "$i" -lt "$n" ]; then
     echo "  call $i: carry [\".gpu_eval/parts/manifest.json\", \".gpu_eval/parts/part-$i\"]  command: python3 scripts/gpu_parts.py check  timeout_s: 120"
   else
     echo "  call $i: carry [\".gpu_eval/parts/manifest.json\", \".gpu_eval/parts/part-$i\"]  command: scripts/gpu_eval.sh  timeout_s: 600"

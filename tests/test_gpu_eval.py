@@ -31,6 +31,15 @@ def test_parts_round_trip_and_a_damaged_part_is_named(tmp_path):
         assert (tmp_path / "into" / "data" / gpu_parts.DATA_FOLDER / f"data_batch_{i}").read_bytes() == \
             (data / f"data_batch_{i}").read_bytes()
     assert (tmp_path / "into" / "wheels" / "demo-1.0-py3-none-any.whl").is_file()
+    # The wheels come first: part-1 alone gives them (the first device call installs them).
+    only_first = tmp_path / "first"
+    only_first.mkdir()
+    for name in (gpu_parts.MANIFEST, "part-1"):
+        (only_first / name).write_bytes((tmp_path / "parts" / name).read_bytes())
+    assert gpu_parts.extract_wheels(only_first, tmp_path / "early") == 1
+    assert (tmp_path / "early" / "wheels" / "demo-1.0-py3-none-any.whl").read_bytes() == \
+        (wheels / "demo-1.0-py3-none-any.whl").read_bytes()
+    assert not (tmp_path / "early" / "data").exists()
     second = tmp_path / "parts" / "part-2"
     second.write_bytes(second.read_bytes()[:-1] + b"x")
     ok, lines = gpu_parts.check(tmp_path / "parts")
@@ -38,6 +47,17 @@ def test_parts_round_trip_and_a_damaged_part_is_named(tmp_path):
     (tmp_path / "parts" / "part-3").unlink()
     with pytest.raises(SystemExit, match="part-3: not here yet"):
         gpu_parts.unpack(tmp_path / "parts", tmp_path / "again")
+
+
+def test_preflight_on_the_cpu(tmp_path):
+    """The first device call's check, here without a GPU: the packages work; the capture is left for CUDA."""
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", GPU_EVAL_PARTS=str(tmp_path / "no-parts"))
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh"), "--preflight", "--out", str(tmp_path)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "preflight: MLflow sqlite run ok, Optuna sqlite study ok, model=family recipe=short: 4,904,522 parameters" \
+        in result.stdout
+    assert "no GPU here: CUDA graphs not checked" in result.stdout
 
 
 @pytest.mark.skipif(not (REPO / "sweeper" / "pool.py").is_file(),
