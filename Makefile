@@ -1,9 +1,9 @@
-# `make train` and `make test` each create .venv and install what they need first (idempotent).
+# `make demo`, `make train` and `make test` each create .venv and install what they need first (idempotent).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test bench gpu-check-smoke gpu-smoke gpu-eval-parts clean
+.PHONY: setup demo train test bench gpu-check-smoke gpu-smoke gpu-eval-parts clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -11,6 +11,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
+
+# The main job in miniature: a budget-gated Optuna sweep of model=tiny on the CPU (conf/experiment/demo.yaml).
+demo: setup
+	$(PY) train.py -m experiment=demo $(ARGS)
 
 train: setup
 	$(PY) train.py $(ARGS)

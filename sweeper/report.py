@@ -24,6 +24,7 @@ class Tracking:
         settings = settings or {}
         self.uri = settings.get("tracking_uri")
         self.experiment = settings.get("experiment") or "Default"
+        self.register_as = settings.get("register_best")  # a Model Registry name for the best trial's model
         self.client = None
 
     @property
@@ -67,6 +68,33 @@ class Tracking:
         if stored != run.info.run_id:
             self.client.delete_run(run.info.run_id)
         return stored
+
+    def register_best(self, parent, trial_number):
+        """Register the best trial's logged model (its run's `model_uri` tag) under `register_best`; returns
+        "name version N", or None when the trial's run logged no model."""
+        import mlflow
+        experiment_id = self.client.get_run(parent).info.experiment_id
+        runs = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' and "
+                                                        f"tags.trial_number = '{trial_number}'", max_results=10)
+        uris = [r.data.tags["model_uri"] for r in runs if r.data.tags.get("model_uri")]
+        if not uris:
+            log.warning(f"register_best={self.register_as}: trial #{trial_number}'s run logged no model (model_uri tag)")
+            return None
+        mlflow.set_tracking_uri(secrets.reveal(self.uri))
+        version = mlflow.register_model(uris[0], self.register_as)
+        self.client.set_tag(parent, "registered_model", f"{version.name}/{version.version}")
+        return f"{version.name} version {version.version}"
+
+    def browse_hint(self, run_id):
+        """How to open the MLflow UI on this sweep's parent run (one line; passwords masked)."""
+        run = self.client.get_run(run_id)
+        page = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        uri = secrets.mask_url(self.uri)
+        if uri.startswith(("http://", "https://")):
+            return f"Browse it: {uri.rstrip('/')}/{page}"
+        if uri.startswith("sqlite:///") and not os.path.isabs(uri[len("sqlite:///"):]):
+            uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])  # works from any folder
+        return f"Browse it: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
 
     def _is_active(self, run_id):
         from mlflow.exceptions import MlflowException
@@ -163,17 +191,24 @@ def summarize(tracking, config, study, parent, directions, names, config_loader,
         artifacts.append(os.path.join(out_dir, "optimization_results.yaml"))
         if tracking.enabled:
             artifacts += _plots(complete, directions, names, out_dir)
+            if len(directions) == 1:
+                artifacts += constraint_plots(trials, names[0], out_dir)
     if not tracking.enabled:
         return
     client = tracking.client
     if results is not None and len(directions) == 1:
         for key, value in results["best_params"].items():
             client.log_param(parent, f"best.{key}", value)
+        if tracking.register_as:
+            registered = tracking.register_best(parent, study.best_trial.number)
+            if registered:
+                log.info(f"Registered the best trial's model as {registered} (MLflow Model Registry)")
     for key, value in metrics.items():
         client.log_metric(parent, key, float(value))
     for path in artifacts:
         client.log_artifact(parent, path)
     client.set_terminated(parent, status=status)
+    print(tracking.browse_hint(parent), flush=True)
 
 
 def _job_yaml(config_loader, config, trial):
@@ -232,4 +267,64 @@ def _plots(complete, directions, names, out_dir):
                 paths.append(os.path.join(out_dir, name))
             except Exception as err:  # a plot is a nicety; never lose a finished sweep over it
                 log.warning(f"could not draw {name}: {err}")
+    return paths
+
+
+def constraint_points(trials, name):
+    """What the plot of the objective against constraint `name` shows: trained (measure, value), pruned
+    (measure, last reported value), the measures of proposals over that budget, and the budget itself
+    (measured - amount over budget, the same for every proposal; None if they disagree)."""
+    rows = [t for t in trials if isinstance(t.user_attrs.get(name), (int, float)) and name in t.constraints]
+    limits = {round(t.user_attrs[name] - t.constraints[name], 9) for t in rows}
+    return {"trained": [(t.user_attrs[name], t.value) for t in rows if t.state == TrialState.COMPLETE],
+            "pruned": [(t.user_attrs[name], t.intermediate_values[max(t.intermediate_values)]) for t in rows
+                       if t.state == TrialState.PRUNED and t.intermediate_values],
+            "over": [t.user_attrs[name] for t in rows if t.user_attrs.get("infeasible") and t.constraints[name] > 0],
+            "limit": limits.pop() if len(limits) == 1 else None}
+
+
+def constraint_plots(trials, objective, out_dir):
+    """One PNG per constraint with a measured value (the project's `params`, `gflops`): the objective against
+    that measure for every proposal. Trained trials are dots, pruned ones crosses at their last reported
+    value, and proposals over that budget (never trained, so no value) triangles along the bottom, beyond a
+    dashed vertical line at the budget."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    paths = []
+    names = sorted({name for t in trials for name in t.constraints if isinstance(t.user_attrs.get(name), (int, float))})
+    for name in names:
+        points = constraint_points(trials, name)
+        trained, pruned, over = points["trained"], points["pruned"], points["over"]
+        if not (trained or pruned):
+            continue
+        try:
+            figure, ax = plt.subplots(figsize=(8, 5))
+            values = [v for _, v in trained + pruned]
+            low = min(values) - 0.05 * (max(values) - min(values) or 1)
+            if trained:
+                ax.scatter(*zip(*trained), color="tab:blue", label=f"trained ({len(trained)})", zorder=3)
+            if pruned:
+                ax.scatter(*zip(*pruned), color="tab:orange", marker="x", label=f"pruned ({len(pruned)}), last reported",
+                           zorder=3)
+            if over:
+                ax.scatter(over, [low] * len(over), color="tab:red", marker="^", alpha=0.7,
+                           label=f"over budget, never trained ({len(over)})", zorder=2)
+            if points["limit"] is not None:
+                ax.axvline(points["limit"], color="tab:red", linestyle="--", label=f"budget {points['limit']:,.6g}")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.6g}"))
+            ax.set_xlabel(f"{name} (measured before launch)")
+            ax.set_ylabel(objective)
+            ax.set_title(f"{objective} against {name}, every proposal")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            figure.tight_layout()
+            path = os.path.join(out_dir, f"{objective}_vs_{name}.png")
+            figure.savefig(path, dpi=100)
+            plt.close(figure)
+            paths.append(path)
+        except Exception as err:  # a plot is a nicety; never lose a finished sweep over it
+            log.warning(f"could not draw {objective} against {name}: {err}")
     return paths

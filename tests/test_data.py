@@ -78,18 +78,25 @@ def test_split_is_fixed_disjoint_and_subsettable():
     assert len(sy) == 50 and torch.equal(vy3, vy)
 
 
-def test_download_path_fetches_and_checks_md5(tmp_path, local_http):
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_download_path_fetches_and_checks_md5(dataset, tmp_path, local_http):
+    """The official archive's layout, served over HTTP: unpacked and read; a wrong md5 is refused."""
     import hashlib
     import tarfile
-    source = write_cifar(tmp_path / "src")
-    archive = tmp_path / "cifar-10-python.tar.gz"
+
+    from data.datasets import CIFAR100
+    from tests.conftest import write_cifar100
+    spec, write = {"cifar10": (CIFAR10, write_cifar), "cifar100": (CIFAR100, write_cifar100)}[dataset]
+    source = write(tmp_path / "src")
+    archive = tmp_path / spec.archive_url.rsplit("/", 1)[1]
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    spec = dataclasses.replace(CIFAR10, archive_url=f"{local_http}/{archive.name}",
+        tar.add(source / spec.folder, arcname=spec.folder)
+    spec = dataclasses.replace(spec, archive_url=f"{local_http}/{archive.name}",
                                archive_md5=hashlib.md5(archive.read_bytes()).hexdigest())
     splits = load_dataset(spec, tmp_path / "dest", download_missing=True, expected_train=500, expected_test=200)
-    assert len(splits["train"][0]) == 500
-    with pytest.raises(DatasetError, match="could not download CIFAR-10 .* point CIFAR10_ROOT at a copy"):
+    assert len(splits["train"][0]) == 500 and (tmp_path / "dest" / spec.folder / spec.test_files[0]).is_file()
+    root_variable = {"cifar10": "CIFAR10_ROOT", "cifar100": "CIFAR100_ROOT"}[dataset]
+    with pytest.raises(DatasetError, match=f"could not download {spec.title} .* point {root_variable} at a copy"):
         load_dataset(dataclasses.replace(spec, archive_md5="0" * 32), tmp_path / "dest2", download_missing=True,
                      expected_train=500, expected_test=200)
 

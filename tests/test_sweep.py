@@ -59,6 +59,8 @@ def test_sweep_gates_budget_logs_parent_and_children_and_resumes(tmp_path, train
     assert {r.data.tags["trial_state"] for r in children} == {"COMPLETE"}
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == sorted(t.number for t in trained)
     assert "best_value" in parents[0].data.metrics and parents[0].info.status == "FINISHED"
+    parent_artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id)}
+    assert {"optimization_history.png", "val_acc_vs_params.png"} <= parent_artifacts
     child_artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(children[0].info.run_id)}
     assert "resolved_config.yaml" in child_artifacts and "training_curves.png" not in child_artifacts  # log_curves=auto
 

@@ -131,3 +131,31 @@ def test_tpe_after_start_up_proposes_over_budget_configs_less_often_than_random(
 ], ids=["nsgaii", "qmc"])  # CmaEsSampler needs the `cmaes` package, which is not installed
 def test_other_samplers_run_with_placeholders(make):
     assert 0 <= over_budget_share(make(), 3, 0, proposals=24) <= 1
+
+
+def test_the_accuracy_against_parameters_plot_shows_every_proposal(tmp_path):
+    """Trained trials as points, pruned ones at their last reported value, over-budget ones beyond the line."""
+    from optuna.distributions import FloatDistribution
+
+    from sweeper.report import constraint_plots, constraint_points
+    study = optuna.create_study(direction="maximize")
+    space = {"x": FloatDistribution(0, 1)}
+
+    def add(x, params, state, value=None, steps=()):
+        trial = study.ask(space)
+        trial.set_constraint("params", params - 1000)
+        trial.set_user_attr("params", params)
+        if params > 1000:
+            trial.set_user_attr("infeasible", True)
+        for step, v in steps:
+            trial.report(v, step)
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+    add(0.1, 800, TrialState.COMPLETE, 0.7)
+    add(0.2, 950, TrialState.COMPLETE, 0.8)
+    add(0.3, 600, TrialState.PRUNED, steps=[(1, 0.3), (2, 0.4)])
+    add(0.4, 1500, TrialState.FAIL)
+    points = constraint_points(study.trials, "params")
+    assert points == {"trained": [(800, 0.7), (950, 0.8)], "pruned": [(600, 0.4)], "over": [1500], "limit": 1000}
+    [path] = constraint_plots(study.trials, "val_acc", str(tmp_path))
+    assert path.endswith("val_acc_vs_params.png") and (tmp_path / "val_acc_vs_params.png").stat().st_size > 10_000

@@ -23,7 +23,8 @@ class ConstrainedOptunaSweeperConf(OptunaSweeperConf):
     pruner: Any = None
     # {_target_: callable(job_cfg)}: run once before the first trial; if it raises, `error: ...`, exit 2
     preflight: Any = None
-    # {tracking_uri: ..., experiment: ...}: one MLflow parent run per study, trials as its children
+    # {tracking_uri: ..., experiment: ..., register_best: null | name}: one MLflow parent run per study, trials as
+    # its children; register_best registers the best trial's model (its run's model_uri tag) under that name
     mlflow: Any = None
     # null: batches of n_jobs through hydra/launcher; auto | [0, 1, ...]: a pool of devices x trials_per_device
     devices: Any = None
