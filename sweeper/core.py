@@ -158,6 +158,7 @@ class ConstrainedSweep:
             raise
         finally:
             self.heartbeats.stop()
+        self.parent = self.tracking.settle(study, self.storage, self.parent)
         self.tracking.close_interrupted(study, self.parent)
         report.summarize(self.tracking, self.config, study, self.parent, self.directions, self.s["objective_names"],
                          self.hydra_context.config_loader, self.counts)

@@ -96,6 +96,26 @@ class Tracking:
             uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])  # works from any folder
         return f"Browse it: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
 
+    def settle(self, study, storage, run_id):
+        """The study's one parent run, once this worker's trials have ended. Two workers starting at the same
+        moment can each keep the parent they created (the study keeps the one written last, and a worker that
+        read it before the other wrote keeps its own): the one whose parent the study does not keep moves its
+        children under the study's parent and deletes its own. Returns the parent run to summarise on."""
+        if not self.enabled or not run_id:
+            return run_id
+        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs.get("mlflow_parent_run_id")
+        if not stored or stored == run_id or not self._is_active(stored):
+            return run_id
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        children = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
+                                           max_results=10_000)
+        for child in children:
+            self.client.set_tag(child.info.run_id, "mlflow.parentRunId", stored)
+        self.client.delete_run(run_id)
+        log.info(f"Another worker's parent run {stored} is the study's: moved this worker's {len(children)} trial "
+                 f"runs under it and deleted {run_id}")
+        return stored
+
     def _is_active(self, run_id):
         from mlflow.exceptions import MlflowException
         try:

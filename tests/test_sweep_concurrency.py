@@ -147,3 +147,23 @@ def test_joblib_launcher_with_two_jobs_in_an_empty_folder(data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(["0", "1"])
     assert sorted(r.data.params["trainer.seed"] for r in runs) == ["1", "2"]
+
+
+def test_two_parents_made_in_the_same_moment_settle_into_the_studys_one(tmp_path):
+    """Both workers read 'no parent yet' and each keeps its own: at its end, the one the study does not keep
+    moves its trial runs under the study's parent and deletes its own."""
+    from sweeper.report import Tracking
+    uri = fresh_sqlite_store(tmp_path / "mlflow")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="race", storage=storage)
+    first, second = (Tracking({"tracking_uri": uri, "experiment": "e"}) for _ in range(2))
+    mine = first.parent_run(study, storage)
+    # The other worker, having read the study before `mine` was written, creates its own and writes it last.
+    experiment_id = second.open()
+    theirs = second.client.create_run(experiment_id, tags={"sweep": "parent"}).info.run_id
+    study.set_user_attr("mlflow_parent_run_id", theirs)
+    child = first.client.create_run(experiment_id, tags={"mlflow.parentRunId": mine, "trial_number": "0"}).info.run_id
+    assert first.settle(study, storage, mine) == theirs
+    assert first.client.get_run(child).data.tags["mlflow.parentRunId"] == theirs
+    assert first.client.get_run(mine).info.lifecycle_stage == "deleted"
+    assert second.settle(study, storage, theirs) == theirs  # the study's own parent stays
