@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup demo train test bench gpu-check-smoke gpu-smoke gpu-eval-parts clean
+.PHONY: setup demo train test bench gpu-smoke gpu-eval-parts clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,9 +22,6 @@ train: setup
 test: setup
 	$(PY) -m pytest
 
-gpu-check-smoke: setup
-	PYTHON=$(PY) scripts/gpu_check.sh --smoke
-
 # The GPU evaluation (README "On a GPU"): its whole path on the CPU with tiny settings (~2 minutes), and the
 # parts a GPU call carries (CIFAR-10 + wheels, ~3 minutes).
 gpu-smoke: setup
@@ -34,7 +31,7 @@ gpu-eval-parts: setup
 	PYTHON=$(PY) scripts/prepare_gpu_eval.sh
 
 clean:
-	rm -rf outputs multirun mlruns mlflow.db .pytest_cache gpu_check_out gpu_eval_out
+	rm -rf outputs multirun mlruns mlflow.db .pytest_cache gpu_eval_out
 
 # Benchmarks (README "Performance"): prints a table, writes bench_results/latest.json. ARGS=--gpu on a GPU.
 bench: setup

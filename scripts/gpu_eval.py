@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from gpu_check import describe_data, write_smoke_data  # noqa: E402  (scripts/ is this script's folder)
+from gpu_data import describe_data, write_smoke_data  # noqa: E402  (scripts/ is this script's folder)
 
 STUDY = "gpu-eval-family"
 EXPERIMENT = "gpu-eval"
