@@ -59,6 +59,8 @@ CASES = [  # (id, overrides, dataset, message that must appear)
      "data.autoaugment_policy=cifar100: use one of cifar10, imagenet, svhn"),
     ("over budget", ["model=resnet18"], "good", "over the budget of 5,000,000"),
     # The schema's pass (training/schema.py): a word for a number, values out of range, unknown keys.
+    ("nesterov without momentum", ["optimizer=sgd", "optimizer.momentum=0"], "good",
+     "optimizer.momentum=0: Nesterov momentum needs a momentum > 0; set optimizer.nesterov=false"),
     ("a word for a number", ["model.depth_mult=abc"], "good", "model.depth_mult=abc: must be a number > 0"),
     ("a word for an integer", ["trainer.epochs=ten"], "good", "trainer.epochs=ten: must be an integer >= 1"),
     ("negative weight decay", ["optimizer.weight_decay=-0.1"], "good", "optimizer.weight_decay=-0.1: must be a number >= 0"),

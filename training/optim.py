@@ -83,6 +83,9 @@ def build_optimizer(cfg, model, device_type, fused=None, capturable=False):
     groups = param_groups(model, weight_decay(cfg), bool(cfg.optimizer.get("decay_norm_and_bias", False)))
     fused = fused_kernels(cfg, device_type) if fused is None else fused
     if name == "sgd":
+        if cfg.optimizer.nesterov and not float(cfg.optimizer.momentum) > 0:
+            raise OptimConfigError(f"optimizer.momentum={cfg.optimizer.momentum}: Nesterov momentum needs a momentum "
+                                   f"> 0; set optimizer.nesterov=false for plain SGD")
         return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.optimizer.momentum),
                                nesterov=bool(cfg.optimizer.nesterov), fused=fused or None)
     betas = tuple(cfg.optimizer.get("betas", (0.9, 0.999)))
