@@ -4,6 +4,7 @@ import sys
 
 import mlflow
 import mlflow.pytorch
+import optuna
 import torch
 import pytest
 
@@ -27,6 +28,28 @@ def test_dry_run_prints_table_and_exact_last_line(tmp_path, train_env):
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == "params=4997194 budget=5000000 feasible=true"
     assert any(line.startswith("layer3 (26 blocks)") for line in lines)
+
+
+def test_help_shows_the_projects_usage_then_its_groups(tmp_path, train_env):
+    result = run_train(["--help"], train_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith("resnet-sweep: ") and "python train.py -m experiment=demo" in text
+    assert "experiment: demo" in text and "hydra/sweeper/search: " in text and "budget:\n  max_params: 5000000" in text
+
+
+def test_the_demo_sweep_gates_prunes_and_nests_its_trials(tmp_path, train_env):
+    """`make demo` (python train.py -m experiment=demo), on the synthetic data and with fewer trials."""
+    result = run_train(["-m", "experiment=demo", "hydra.sweeper.n_trials=4", "data.train_images=500",
+                        "data.test_images=200", "data.val_size=100", "trainer.device=cpu", "trainer.log_every=0",
+                        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"], train_env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Browse it: mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len([t for t in study.trials if t.user_attrs.get("launched")]) == 4
+    assert any(t.user_attrs.get("infeasible") for t in study.trials)  # some proposals over the 200k budget
+    runs = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(["1"])
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId")]) == 4
 
 
 def test_over_budget_fails_before_data_and_leaves_no_run(tmp_path, train_env):
