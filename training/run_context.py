@@ -32,7 +32,11 @@ class RunContext:
             parent_run_id=trial.parent_run_id if trial else None, trial_number=trial.number if trial else None,
             system_metrics=self.system_metrics)
         if resumed:
-            self.tracker.resume(resumed["history"], resumed["epoch"])
+            try:
+                self.tracker.resume(resumed["history"], resumed["epoch"])
+            except BaseException as error:  # __exit__ does not run when __enter__ fails: end the run here
+                self.tracker.end("FAILED", error=error)
+                raise
         return self
 
     def report(self, value, epoch):
@@ -40,21 +44,28 @@ class RunContext:
         if self.trial is not None:
             self.trial.report(value, epoch)
 
+    def _tag(self, tags):
+        """Tags are best effort: a store that refuses one (sqlite locked) must not keep the run RUNNING."""
+        try:
+            self.tracker.set_tags(tags)
+        except Exception as err:
+            print(f"warning: could not tag the run with {tags}: {type(err).__name__}: {err}", flush=True)
+
     def __exit__(self, kind, error, traceback):
         if self.trial is not None:
             self.trial.close()
         if error is None:
             if self.trial is not None:
-                self.tracker.set_tags({"trial_state": "COMPLETE"})
+                self._tag({"trial_state": "COMPLETE"})
             self.tracker.end("FINISHED")
             if self.checkpoint_path and not self.keep_checkpoint:
                 checkpoint.remove(self.checkpoint_path)
             return False
         pruned = isinstance(error, TrialPruned)
         if self.trial is not None:
-            self.tracker.set_tags({"trial_state": "PRUNED" if pruned else "FAIL"})
+            self._tag({"trial_state": "PRUNED" if pruned else "FAIL"})
         if isinstance(error, DivergedError):
-            self.tracker.set_tags({"diverged": "true"})
+            self._tag({"diverged": "true"})
         stopped = pruned or isinstance(error, KeyboardInterrupt)
         self.tracker.end("KILLED" if stopped else "FAILED", error=error)
         if pruned and self.checkpoint_path:

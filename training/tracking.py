@@ -141,8 +141,12 @@ class Tracker:
             params["num_params"] = report.total
             params["train_gflops"] = round(report.train_gflops, 4)
             items = list(params.items())
-            for start in range(0, len(items), 100):
-                mlflow.log_params(dict(items[start:start + 100]))
+            try:
+                for start in range(0, len(items), 100):
+                    mlflow.log_params(dict(items[start:start + 100]))
+            except BaseException as error:  # the caller gets no run to close: close it here, FAILED
+                self.end("FAILED", error=error)
+                raise
         return self.run_id
 
     def default_run_name(self, trial_number=None):
@@ -245,9 +249,11 @@ class Tracker:
     def end(self, status="FINISHED", error=None):
         """End the run; `error` (an exception) is kept as the run's `error` tag."""
         import mlflow
-        if error is not None:
-            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
-        mlflow.end_run(status=status)
+        try:
+            if error is not None:
+                mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+        finally:  # the run is ended (and leaves the process's active-run stack) even when the tag cannot be written
+            mlflow.end_run(status=status)
         if self.records and error is not None:
             self._record({"kind": "end", "status": status, "error": f"{type(error).__name__}: {error}"[:1000]})
 
