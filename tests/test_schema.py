@@ -32,9 +32,17 @@ def test_the_lr_range_task_and_every_scheduler_with_every_optimizer_pass():
     ("optimizer.lr=nan", "optimizer.lr=nan: must be a number > 0"),
     ("trainer.ema_decay=1.0", "trainer.ema_decay=1.0: must be a number in (0, 1), or null"),
     ("trainer.channels_last=maybe", "trainer.channels_last=maybe: use one of auto, true, false"),
-    ("trainer.seed=-1", "trainer.seed=-1: must be an integer >= 0"),
+    ("trainer.seed=-1", "trainer.seed=-1: must be an integer in [0, 4294967295]"),
+    ("trainer.seed=99999999999999999999", "trainer.seed=99999999999999999999: must be an integer in [0, 4294967295]"),
+    ("data.split_seed=4294967296", "data.split_seed=4294967296: must be an integer in [0, 4294967295]"),
     ("scheduler=onecycle scheduler.pct_start=1.5", "scheduler.pct_start=1.5: must be a number in (0, 1)"),
-    ("data.subset=0", "data.subset=0: must be an integer >= 1, or null"),
+    ("data.subset=0", "data.subset=0: must be an integer >= 2, or null"),
+    ("data.subset=1", "data.subset=1: must be an integer >= 2, or null (BatchNorm needs 2 images in a step)"),
+    ("augmentation.cutout=33", "augmentation.cutout=33: must be an integer in [0, 32]"),
+    ("augmentation.crop_padding=17", "augmentation.crop_padding=17: must be an integer in [0, 16]"),
+    ("+model.layers.layer5={block:basic,blocks:1}",
+     "model.layers.layer5.channels=(missing): required; each entry of model.layers has block, blocks, channels"),
+    ("~model.layers.layer1.block", "model.layers.layer1.block=(missing): required"),
     ("mlflow.experiment=''", "mlflow.experiment=: must be a non-empty string"),
     ("model.layers.layer1.kernel_size=1.5", "model.layers.layer1.kernel_size=1.5: must be an integer >= 1"),
     ("+model.layers.layer1.width=3", "model.layers.layer1.width=3: not a config key; model.layers.layer1 has block"),
@@ -51,3 +59,13 @@ def test_a_writable_checkpoint_folder_is_not_created_by_the_check(tmp_path):
     folder = tmp_path / "not" / "yet"
     validate(compose_cfg([f"trainer.checkpoint_dir={folder}"]))
     assert not (tmp_path / "not").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_weights_go_to_a_writable_file_not_a_folder(tmp_path):
+    (tmp_path / "results").mkdir()
+    with pytest.raises(ConfigError, match=r"^trainer.save_weights=.*results: must be a file path .* is a folder$"):
+        validate(compose_cfg([f"trainer.save_weights={tmp_path / 'results'}"]))
+    with pytest.raises(ConfigError, match=r"^trainer.save_weights=/proc/w.pt: must be a file path .*cannot write in /proc"):
+        validate(compose_cfg(["trainer.save_weights=/proc/w.pt"]))
+    validate(compose_cfg([f"trainer.save_weights={tmp_path / 'new' / 'w.pt'}"]))
+    assert not (tmp_path / "new").exists()

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from errors import ConfigError
 
+SEED_MAX = 2 ** 32 - 1  # what every seeded generator here (torch, numpy) accepts
+
 
 class Rule:
     """One key's rule: `check(value)` returns None when allowed, else the text saying what is."""
@@ -50,13 +52,14 @@ class Number(Rule):
 
     def allowed(self):
         kind = "an integer" if self.integer else "a number"
+        low, high = _bound(self.low), _bound(self.high)
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            text = f"must be {kind} in {left}{self.low:g}, {self.high:g}{right}"
+            text = f"must be {kind} in {left}{low}, {high}{right}"
         elif self.low is not None:
-            text = f"must be {kind} {'>' if self.low_open else '>='} {self.low:g}"
+            text = f"must be {kind} {'>' if self.low_open else '>='} {low}"
         elif self.high is not None:
-            text = f"must be {kind} {'<' if self.high_open else '<='} {self.high:g}"
+            text = f"must be {kind} {'<' if self.high_open else '<='} {high}"
         else:
             text = f"must be {kind}"
         return self._or_null(text) + (f" ({self.hint})" if self.hint else "")
@@ -73,6 +76,10 @@ class Number(Rule):
         if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
             return self.allowed()
         return None
+
+
+def _bound(value):
+    return str(value) if isinstance(value, int) else f"{value:g}" if value is not None else ""
 
 
 def Int(low=None, high=None, null=False, hint=""):  # noqa: N802 - reads as a type in the schema below
@@ -158,6 +165,27 @@ class WritableFolder(Rule):
         return None
 
 
+class WritableFile(Rule):
+    """A file path this process can write: not a folder, and its folder writable (created if missing)."""
+
+    def __init__(self, null=False):
+        self.null = null
+
+    def allowed(self):
+        return self._or_null("must be a file path this process can write (not a folder)")
+
+    def check(self, value):
+        if not isinstance(value, str) or not value.strip() or value.endswith(("/", os.sep)):
+            return self.allowed()
+        from hydra.utils import to_absolute_path
+        path = to_absolute_path(os.path.expanduser(value)) if _hydra_running() else os.path.abspath(
+            os.path.expanduser(value))
+        if os.path.isdir(path):
+            return f"{self.allowed()}: {path} is a folder"
+        problem = WritableFolder().check(os.path.dirname(path))
+        return f"{self.allowed()}{problem[problem.index(':'):]}" if problem else None
+
+
 class Anything(Rule):
     null = True
 
@@ -166,10 +194,11 @@ class Anything(Rule):
 
 
 class Each:
-    """A mapping whose keys are names (the layers of a model), each value following `schema`."""
+    """A mapping whose keys are names (the layers of a model), each value following `schema`;
+    every entry must have the `required` keys."""
 
-    def __init__(self, schema):
-        self.schema = schema
+    def __init__(self, schema, required=()):
+        self.schema, self.required = schema, tuple(required)
 
 
 def _hydra_running():
@@ -203,7 +232,7 @@ def schema():
         "blocks": {"name": Text(), "bottleneck_reduction": Int(1), "k2_design": Choice(*K2_DESIGNS)},
         "model": {"name": Text(), "num_classes": Int(1), "num_layers": Int(1, null=True), "width_mult": positive,
                   "depth_mult": positive,
-                  "dropout": dropout, "budget_note": Text(null=True, nonempty=False), "layers": Each(layer),
+                  "dropout": dropout, "budget_note": Text(null=True, nonempty=False), "layers": Each(layer, required=("block", "blocks", "channels")),
                   "zero_init_residual": Bool(), "bn_momentum": Number(0, 1, low_open=True)},
         "optimizer": {"name": Choice(*OPTIMIZERS), "lr": positive, "weight_decay": Number(0),
                       "betas": Numbers(2, probability), "momentum": probability, "nesterov": Bool(),
@@ -219,19 +248,20 @@ def schema():
                          "flip": Choice(*FLIPS), "cutout": Int(0)},
         "budget": {"max_params": Int(1), "max_gflops": Number(0, low_open=True, null=True)},
         "data": {"name": Choice(*DATASETS), "root": Text(), "download": Bool(), "val_size": Int(0),
-                 "subset": Int(1, null=True), "split_seed": Int(0), "train_images": Int(1), "test_images": Int(1),
+                 "subset": Int(2, null=True, hint="BatchNorm needs 2 images in a step"),
+                 "split_seed": Int(0, SEED_MAX), "train_images": Int(1), "test_images": Int(1),
                  "num_classes": Int(1), "image_size": Int(1),
                  "mean": Numbers(3, Number(0, 1), null=True), "std": Numbers(3, positive, null=True),
                  "autoaugment_policy": Choice(*AUTOAUGMENT_POLICIES)},
         "trainer": {"epochs": Int(1), "batch_size": Int(1), "eval_batch_size": Int(1),
                     "device": Choice("auto", "cpu", "cuda"), "precision": Choice("fp32", "bf16", "fp16"),
-                    "seed": Int(0), "label_smoothing": probability, "grad_clip": Number(0, low_open=True, null=True),
+                    "seed": Int(0, SEED_MAX), "label_smoothing": probability, "grad_clip": Number(0, low_open=True, null=True),
                     "channels_last": Choice("auto", True, False), "compile": Bool(),
                     "cuda_graphs": Choice("auto", True, False),
                     "fused_optimizer": Choice("auto", True, False), "tta": Choice("none", "flip", "flip_shift"),
                     "ema_decay": Number(0, 1, True, True, null=True), "log_every": Int(0), "resume": Bool(),
                     "checkpoint_dir": WritableFolder(null=True), "keep_checkpoint": Bool(),
-                    "save_weights": Text(null=True)},
+                    "save_weights": WritableFile(null=True)},
         "mlflow": {"tracking_uri": Text(), "experiment": Text(), "run_name": Text(null=True),
                    "log_model": Bool(), "log_datasets": Bool(), "register_best": Text(null=True),
                    "model_format": Choice("pickle", "pt2"),
@@ -266,7 +296,12 @@ def _walk(node, rules, path):
         if not isinstance(node, DictConfig) or not len(node):
             raise ConfigError(f"{path}={_show(node)}: must be a mapping of named entries, e.g. model=final")
         for name in node:
-            _walk(node[name], rules.schema, f"{path}.{name}")
+            entry = _value(node, name, path)
+            missing = [key for key in rules.required if not isinstance(entry, DictConfig) or key not in entry]
+            if missing:
+                raise ConfigError(f"{path}.{name}.{missing[0]}=(missing): required; each entry of {path} "
+                                  f"has {', '.join(rules.required)}")
+            _walk(entry, rules.schema, f"{path}.{name}")
         return
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path}={_show(node)}: must be a group of keys ({', '.join(rules)})")
@@ -296,3 +331,18 @@ def validate(cfg):
             raise ConfigError(f"{key}={_show(_value(cfg, key))}: not a config key; the config has "
                               f"{', '.join(rules)}")
         _walk(_value(cfg, key), rules[key], str(key))
+    _check_augmentation_sizes(cfg)
+
+
+def _check_augmentation_sizes(cfg):
+    """Cutout and crop padding are sizes in pixels of the dataset's images: past these bounds every
+    training image would be mostly (or all) zeros, silently."""
+    aug, size = cfg.get("augmentation"), cfg.get("data", {}).get("image_size")
+    if aug is None or not isinstance(size, int):
+        return
+    if aug.get("cutout", 0) > size:
+        raise ConfigError(f"augmentation.cutout={aug.cutout}: must be an integer in [0, {size}] "
+                          f"(data.image_size; 0 turns cutout off)")
+    if aug.get("crop_padding", 0) > size // 2:
+        raise ConfigError(f"augmentation.crop_padding={aug.crop_padding}: must be an integer in [0, {size // 2}] "
+                          f"(half of data.image_size)")
