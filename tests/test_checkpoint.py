@@ -1,4 +1,5 @@
 """Kill training hard, resume it, and get the run an uninterrupted one would have given."""
+import io
 import signal
 import subprocess
 import sys
@@ -79,19 +80,24 @@ def test_a_half_written_checkpoint_is_never_loaded(tmp_path, monkeypatch):
     checkpoint.save(path, state)
 
     real_save = torch.save
+    written = {}
 
-    def killed_halfway(obj, f):  # the process dies after writing part of the new checkpoint
-        real_save(obj, f)
-        f.flush()
-        f.truncate(f.tell() // 2)
+    def killed_halfway(obj, f):  # the save dies after writing part of the new checkpoint
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        written["half"] = buffer.getvalue()[:buffer.tell() // 2]
+        f.write(written["half"])
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", killed_halfway)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(path, dict(state, epoch=2, weights=torch.zeros(1000)))
     monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # an interrupted save cleans up after itself
 
-    partial = path.with_name(path.name + ".tmp")
+    # SIGKILL runs no clean-up: its half-written temporary file stays beside last.pt and is never loaded.
+    partial = path.with_name(path.name + ".x1y2z3.tmp")
+    partial.write_bytes(written["half"])
     assert 0 < partial.stat().st_size < path.stat().st_size
     with pytest.raises(Exception):
         torch.load(partial, weights_only=True)  # it really is unreadable
@@ -102,6 +108,30 @@ def test_a_half_written_checkpoint_is_never_loaded(tmp_path, monkeypatch):
     path.write_bytes(partial.read_bytes())
     with pytest.raises(checkpoint.CheckpointError, match="cannot be read.*trainer.resume=false"):
         checkpoint.load(path, cfg, Tracker(cfg))
+
+
+def test_two_saves_at_once_each_rename_a_whole_file_of_their_own(tmp_path, monkeypatch):
+    """Two runs of one command share a checkpoint folder: a save that starts while another is writing
+    must not write into the other's temporary file (with one fixed name, the result was a mix of both)."""
+    path = tmp_path / "ckpt" / checkpoint.FILE
+    real_save = torch.save
+    calls = []
+
+    def other_run_saves_meanwhile(obj, f):
+        calls.append(obj["epoch"])
+        if obj["epoch"] == 1:  # the first save is half done when the other run saves its epoch
+            f.write(b"x" * 100)
+            checkpoint.save(path, {"epoch": 9, "weights": torch.ones(5000)})
+            f.seek(0)
+            f.truncate()
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", other_run_saves_meanwhile)
+    checkpoint.save(path, {"epoch": 1, "weights": torch.arange(5000.0)})
+    assert calls == [1, 9]
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["epoch"] == 1 and torch.equal(loaded["weights"], torch.arange(5000.0))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):

@@ -1,8 +1,10 @@
 """Per-epoch checkpoints: everything a killed run needs to go on exactly where it stopped.
 
-One file per run, `last.pt`, replaced after every epoch by writing `last.pt.tmp`, syncing it
-to disk and renaming it over the old one (os.replace is atomic), so a process killed while
-writing leaves the previous checkpoint whole and a half-written file is never loaded.
+One file per run, `last.pt`, replaced after every epoch by writing a temporary file of its own
+(`last.pt.<random>.tmp`), syncing it to disk, renaming it over the old one (os.replace is atomic)
+and syncing the folder, so a process killed while writing leaves the previous checkpoint whole and
+a half-written file is never loaded. The temporary name is unique per save, so two runs of the same
+command at once (same folder) each rename a whole file of their own, never one the other wrote into.
 
 Where: `trainer.checkpoint_dir`, or by default `checkpoints/<model>-<config key>` under the
 directory train.py was started from (a sweep trial: its Hydra job folder). The key is a hash of
@@ -13,6 +15,7 @@ timestamped output directory would not.
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -47,13 +50,38 @@ def checkpoint_path(cfg) -> Path:
 
 
 def save(path: Path, state: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    for attempt in range(2):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+            break
+        except FileNotFoundError:  # another run of this config finished and removed the folder just now
+            if attempt:
+                raise
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder):
+    """Make the rename itself durable (a power cut after os.replace could otherwise bring back the old name)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename is still atomic
+    finally:
+        os.close(fd)
 
 
 def load(path: Path, cfg, tracker):
@@ -80,7 +108,8 @@ def load(path: Path, cfg, tracker):
 
 def remove(path: Path):
     """Drop a finished run's checkpoint (its weights are in MLflow); the folder too if nothing else is there."""
-    for leftover in (path, path.with_name(path.name + ".tmp")):
+    path.unlink(missing_ok=True)
+    for leftover in path.parent.glob(path.name + ".tmp"):  # the fixed name earlier versions used
         leftover.unlink(missing_ok=True)
     try:
         path.parent.rmdir()
@@ -110,6 +139,9 @@ def capture(cfg, *, model, optimizer, scheduler, scaler, ema, train_loader, hist
 def restore(state, *, model, optimizer, scheduler, scaler, ema, train_loader):
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # a CUDA-graphed run keeps its LR in tensors; every step here takes a float
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     if ema is not None and state["ema"] is not None:
