@@ -1,6 +1,6 @@
 """The constrained Optuna sweep: propose, check, launch, record; safe with several workers on one study.
 
-One proposal at a time: `study.ask` with the search space, the job config composed once
+One proposal at a time: `study.ask`, its heartbeat, the search space's values, the job config composed once
 (sweeper/compose.py) and handed to every constraint; an over-budget or invalid proposal, or one that
 repeats a trained or running trial, is recorded as FAIL with a user attr saying why and never
 launched. Feasible proposals go to the configured launcher in batches of `n_jobs` (as the upstream
@@ -9,8 +9,9 @@ plugin does) or, with `devices`, to a pool that keeps every slot busy (sweeper/p
 Concurrency: from `ask` until `tell`, this process keeps the trial's heartbeat (queued, launched,
 waiting for batch-mates), so no other worker takes a live trial for dead. A trial whose heartbeat
 stopped (its worker was killed) is failed by `optuna.storages.fail_stale_trials` after
-`grace_period` and its slot proposed again; until then other workers count it as in flight and wait.
-A result for a trial that another process has already closed is logged, not raised.
+`grace_period` and its slot proposed again (one that never had a heartbeat too: fail_silent_trials);
+until then other workers count it as in flight and wait. A result for a trial that another process
+has already closed is logged, not raised.
 """
 import logging
 import math
@@ -27,7 +28,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
 from sweeper import job as job_api
-from sweeper import report, secrets, space as space_mod
+from sweeper import compat, report, secrets, space as space_mod
 from sweeper.compose import JobConfigs
 from sweeper.constraints import INVALID_AMOUNT, Constraints, Verdict
 from sweeper.pool import DevicePool, device_ids
@@ -101,6 +102,7 @@ class ConstrainedSweep:
         self.job_idx = 0
         self.counts = {"feasible": 0, "over_budget": 0, "invalid": 0, "repeat": 0}
         self.rng = random.Random((self.s["sampler"] or {}).get("seed"))
+        self.silent_since = {}  # trial id -> when this process first saw it RUNNING without any heartbeat
 
     # --- entry -------------------------------------------------------------------------------------
     def sweep(self, arguments):
@@ -264,9 +266,13 @@ class ConstrainedSweep:
         if self.grid is not None and self.grid.is_exhausted(study):
             # The grid counts every finished cell as done, an interrupted (stale) trial's too: queue what is left.
             self.steer_to_unseen(study, seen)
-        trial = study.ask(self.space)
+        # The heartbeat first, the sampler after: a sampler can take seconds (GP, TPE on a long history), and
+        # a worker killed in them must leave a trial whose heartbeat goes stale, not one without any.
+        trial = study.ask()
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
         self.heartbeats.hold(trial_id)
+        for name, distribution in self.space.items():
+            space_mod.suggest(trial, name, distribution)
         if self.extender is not None:
             self.extender(self.config, trial)
         params = dict(trial.params)
@@ -408,6 +414,7 @@ class ConstrainedSweep:
         self.stopped_by = None  # a SweepError from proposing: raised once the trials in flight are recorded
         while True:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once their heartbeat is stale
+            self.fail_silent_trials()                  # and those that never had a heartbeat
             started = self.start_trials(study)
             if self.pool:
                 results = self.pool.collect(timeout=poll)
@@ -423,6 +430,30 @@ class ConstrainedSweep:
                 return
             if left <= 0:
                 time.sleep(poll)  # other workers' trials are in flight: one may fail and free its slot
+
+    def fail_silent_trials(self):
+        """Fail another worker's RUNNING trial that has had no heartbeat at all for grace_period.
+
+        Optuna's stale-trial check compares heartbeat rows, so a worker killed between creating a trial and
+        its first heartbeat (milliseconds) leaves a trial that it never fails, and that every worker counts
+        in flight for ever. The time is this process's own (since it first saw the trial without a
+        heartbeat), not the trial's start: that is written with the creating machine's local clock, which
+        another machine may not share (time zones)."""
+        if not (isinstance(self.storage, optuna.storages.RDBStorage) and self.storage.get_heartbeat_interval()):
+            return
+        now, grace = time.monotonic(), float(self.s["grace_period"])
+        silent = compat.running_without_heartbeat(self.storage, self.study_id) - set(self.heartbeats.held)
+        self.silent_since = {tid: self.silent_since.get(tid, now) for tid in silent}
+        for trial_id, since in list(self.silent_since.items()):
+            if now - since < grace:
+                continue
+            try:
+                if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    log.info(f"  trial id {trial_id}: RUNNING without a heartbeat for {grace:.0f}s (its worker died "
+                             f"before its first one): failed, its slot is free")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it ended meanwhile, or another worker failed it first
+            del self.silent_since[trial_id]
 
     def start_trials(self, study):
         """Propose into every free slot (pool: started at once; launcher: one batch, returned)."""

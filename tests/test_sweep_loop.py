@@ -1,0 +1,108 @@
+"""The sweep loop's pieces (sweeper/core.py) on small studies in this process: no Hydra composition, no
+training. A `Sweep` is a ConstrainedSweep set up as `_sweep` sets it up, with a search space from the
+plugin's grammar, no constraints (or the test's), and a fake launcher whose jobs return at once."""
+import time
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from sweeper import compat, core, space as space_mod
+from sweeper.constraints import Constraints
+
+
+def make_sweep(tmp_path, *space, storage=None, constraints=None, **settings):
+    """A ConstrainedSweep on study `s` (sqlite in tmp_path, or `storage`), proposing from `space`."""
+    settings = dict(dict(study_name="s", direction="maximize", n_trials=3, n_jobs=1, heartbeat_interval=1,
+                         grace_period=2, storage=storage or f"sqlite:///{tmp_path}/optuna.db"), **settings)
+    config = OmegaConf.create({"hydra": {"overrides": {"hydra": [], "task": []}, "sweeper": {},
+                                         "sweep": {"dir": str(tmp_path / "multirun")}}})
+    sweep = core.ConstrainedSweep(settings, hydra_context=SimpleNamespace(config_loader=None), task_function=None,
+                                  config=config)
+    sweep.space, sweep.fixed = space_mod.parse({}, list(space))
+    sweep.extender, sweep.pool, sweep.devices = None, None, None
+    sweep.job_configs = lambda overrides: OmegaConf.create({"overrides": list(overrides)})
+    sweep.constraints = Constraints(constraints or {})
+    study = sweep.open_study(sweep.build_sampler())
+    return sweep, study
+
+
+def returned(value):
+    ret = JobReturn()
+    ret.return_value, ret.status = value, JobStatus.FAILED if isinstance(value, Exception) else JobStatus.COMPLETED
+    return ret
+
+
+class FakeLauncher:
+    """Runs each job at once: `job(overrides) -> value` (an exception: the job crashed)."""
+
+    def __init__(self, job):
+        self.job, self.launched = job, []
+
+    def launch(self, jobs, initial_job_idx):
+        self.launched += [list(j) for j in jobs]
+        return [returned(self.job([o for o in j if not o.startswith("++hydra.")])) for j in jobs]
+
+
+@pytest.fixture
+def deadline(monkeypatch):
+    """The loop's waits end the test after 20 s instead of hanging it (a loop that would wait forever)."""
+    start, sleep = time.monotonic(), time.sleep
+
+    def bounded(seconds):
+        if time.monotonic() - start > 20:
+            raise TimeoutError("the sweep loop was still waiting after 20 s")
+        sleep(seconds)
+    monkeypatch.setattr(core.time, "sleep", bounded)
+
+
+@pytest.fixture
+def launcher(monkeypatch, deadline):
+    """Install a FakeLauncher (returning 0.5 unless told otherwise) as the sweep's hydra/launcher."""
+    fake = FakeLauncher(lambda overrides: 0.5)
+    monkeypatch.setattr(core, "Plugins", SimpleNamespace(instance=lambda: SimpleNamespace(
+        instantiate_launcher=lambda **kwargs: fake)))
+    return fake
+
+
+def orphan(study, storage, params=None, heartbeat=False):
+    """A trial left RUNNING by a worker that died (after its ask, before its tell)."""
+    distributions = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in (params or {}).items()}
+    trial = study.ask(distributions)
+    if heartbeat:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+    return trial
+
+
+# --- 1. heartbeats from the first moment; trials that never had one ------------------------------------
+def test_the_heartbeat_is_recorded_before_the_sampler_runs(tmp_path):
+    sweep, study = make_sweep(tmp_path, "x=interval(0,1)")
+    seen = []
+
+    class Spy(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):
+            seen.append(compat.running_without_heartbeat(sweep.storage, sweep.study_id))
+            return super().sample_independent(study, trial, name, distribution)
+
+    study.sampler.inner = Spy(seed=0)
+    proposal = sweep.propose_once(study)
+    assert proposal.kind == "feasible" and seen == [set()]  # a worker killed while sampling leaves a heartbeat
+    sweep.heartbeats.stop()
+
+
+def test_a_running_trial_that_never_had_a_heartbeat_is_failed_after_the_grace_period(tmp_path, launcher):
+    # A worker killed between creating its trial and its first heartbeat: Optuna's stale-trial check
+    # skips trials without a heartbeat row, so before, a re-run with n_trials=1 waited for it forever.
+    sweep, study = make_sweep(tmp_path, "x=interval(0,1)", n_trials=1)
+    dead = orphan(study, sweep.storage)
+    started = time.monotonic()
+    sweep.loop(study)
+    sweep.heartbeats.stop()
+    trials = study.get_trials(deepcopy=False)
+    assert trials[dead.number].state == TrialState.FAIL
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] and len(launcher.launched) == 1
+    assert time.monotonic() - started >= 2  # not before grace_period
