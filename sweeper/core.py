@@ -160,10 +160,25 @@ class ConstrainedSweep:
             raise
         finally:
             self.heartbeats.stop()
-        self.parent = self.tracking.settle(study, self.storage, self.parent)
-        self.tracking.close_interrupted(study, self.parent)
-        report.summarize(self.tracking, self.config, study, self.parent, self.directions, self.s["objective_names"],
-                         self.hydra_context.config_loader, self.counts)
+        self.summarize(study)
+
+    def summarize(self, study):
+        """The end-of-sweep report. Every trial's result is in the study by now, so a failure here (the tracking
+        store, a plot, a config that no longer composes) is one warning line and the sweep still succeeds;
+        whatever happens, the parent run ends (FAILED when the summary did not finish)."""
+        try:
+            self.parent = self.tracking.settle(study, self.storage, self.parent)
+            self.tracking.close_interrupted(study, self.parent)
+            report.summarize(self.tracking, self.config, study, self.parent, self.directions, self.s["objective_names"],
+                             self.hydra_context.config_loader, self.counts)
+        except Exception as err:  # noqa: BLE001 - the trials are recorded; do not lose them behind a traceback
+            self.tracking.finish(self.parent, "FAILED")
+            reason = (secrets.mask_url(str(err)).strip().splitlines() or [""])[0]
+            log.warning(f"the sweep's trials are recorded in study {self.study_name}, but its summary failed "
+                        f"({type(err).__name__}: {reason})" + ("; MLflow parent run marked FAILED" if self.parent else ""))
+        except BaseException:
+            self.tracking.finish(self.parent, "KILLED")
+            raise
 
     # --- set-up --------------------------------------------------------------------------------------
     @staticmethod
@@ -399,7 +414,8 @@ class ConstrainedSweep:
 
     def mark_launched(self, proposal):
         self.counts["feasible"] += 1
-        set_attrs(proposal.trial, {"launched": True, "overrides": " ".join(proposal.overrides)})
+        # A list, as the launcher gets them: a value may hold spaces (`name=cifar sweep`), so no joined string.
+        set_attrs(proposal.trial, {"launched": True, "overrides": list(proposal.overrides)})
 
     def loop(self, study):
         """Keep every slot busy (pool) or run batches of n_jobs (launcher) until n_trials have trained,

@@ -106,3 +106,20 @@ def test_a_running_trial_that_never_had_a_heartbeat_is_failed_after_the_grace_pe
     assert trials[dead.number].state == TrialState.FAIL
     assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] and len(launcher.launched) == 1
     assert time.monotonic() - started >= 2  # not before grace_period
+
+
+# --- 2. the end-of-sweep summary ------------------------------------------------------------------------
+def test_a_summary_that_fails_is_a_warning_and_the_parent_run_ends_failed(tmp_path, launcher, monkeypatch, caplog):
+    from sweeper import job, report, secrets
+    for key in (job.ENV_STUDY, job.ENV_STORAGE, job.ENV_PARENT_RUN, job.ENV_DIRECTIONS, secrets.ENV):
+        monkeypatch.delenv(key, raising=False)  # run() shares them through this process's environment
+    sweep, study = make_sweep(tmp_path, "x=choice(0,1)", n_trials=2)
+    sweep.s["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "e"}
+
+    def broken(*args):
+        raise OSError("disk full\nsecond line")
+    monkeypatch.setattr(report, "summarize", broken)
+    sweep.run(study)  # no exception: both trials trained and are in the study
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 2
+    assert "its summary failed (OSError: disk full); MLflow parent run marked FAILED" in caplog.text
+    assert sweep.tracking.client.get_run(sweep.parent).info.status == "FAILED"
