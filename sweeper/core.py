@@ -275,9 +275,14 @@ class ConstrainedSweep:
         """Ask one trial and judge it. Returns a Proposal (kind feasible, over_budget, invalid or repeat; only a
         feasible one is still open) or None when a finite space has no configuration left to try."""
         trials = study.get_trials(deepcopy=False)
-        known, seen = self.known(trials)
-        if self.exhausted(seen):
+        known, seen, elsewhere = self.known(trials)
+        self.waiting_for_others = False
+        if self.exhausted(seen | elsewhere):
+            # A configuration that only another worker's running trial holds is not done: if that worker died,
+            # its trial is failed after grace_period and the configuration must run again. Wait for it.
+            self.waiting_for_others = not self.exhausted(seen)
             return None
+        seen = seen | elsewhere  # never steer to a configuration another worker is running
         if self.grid is not None and self.grid.is_exhausted(study):
             # The grid counts every finished cell as done, an interrupted (stale) trial's too: queue what is left.
             self.steer_to_unseen(study, seen)
@@ -285,7 +290,7 @@ class ConstrainedSweep:
         # a worker killed in them must leave a trial whose heartbeat goes stale, not one without any.
         trial = study.ask()
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-        self.heartbeats.hold(trial_id)
+        self.heartbeats.hold(trial_id, trial.number)
         for name, distribution in self.space.items():
             space_mod.suggest(trial, name, distribution)
         if self.extender is not None:
@@ -342,9 +347,10 @@ class ConstrainedSweep:
 
     def known(self, trials):
         """(params key -> number of a trained or running trial, keys of the search space's configurations
-        already trained, running or judged infeasible). An interrupted trial's configuration is not known:
-        it is tried again."""
-        known, seen = {}, set()
+        already trained, judged infeasible or running here, keys of those running in another worker). An
+        interrupted trial's configuration is not known: it is tried again."""
+        known, seen, elsewhere = {}, set(), set()
+        mine = self.heartbeats.numbers()
         for t in trials:
             key = space_mod.params_key(t.params)
             if t.state == TrialState.RUNNING or trained_trials([t]):
@@ -352,8 +358,8 @@ class ConstrainedSweep:
             elif not is_placeholder(t):
                 continue
             if space_mod.in_space(self.space, t.params):
-                seen.add(key)
-        return known, seen
+                (elsewhere if t.state == TrialState.RUNNING and t.number not in mine else seen).add(key)
+        return known, seen, elsewhere
 
     def exhausted(self, seen):
         """A finite space (grid, or every parameter discrete) whose every configuration has been judged."""
@@ -428,6 +434,7 @@ class ConstrainedSweep:
         poll = min(5.0, float(self.s["heartbeat_interval"]))
         self.exhausted_space, self.started_at, self.crashes, self.ended = False, time.perf_counter(), [], 0
         self.stopped_by = None  # a SweepError from proposing: raised once the trials in flight are recorded
+        self.waiting_for_others = False  # a finite space's last configurations are other workers' running trials
         while True:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once their heartbeat is stale
             self.fail_silent_trials()                  # and those that never had a heartbeat
@@ -444,7 +451,7 @@ class ConstrainedSweep:
             left, running = self.remaining(study.get_trials(deepcopy=False))
             if self.exhausted_space or (left <= 0 and running == 0):
                 return
-            if left <= 0:
+            if left <= 0 or self.waiting_for_others:
                 time.sleep(poll)  # other workers' trials are in flight: one may fail and free its slot
 
     def fail_silent_trials(self):
@@ -484,6 +491,8 @@ class ConstrainedSweep:
                 self.stopped_by = err
                 break
             if proposal is None:
+                if self.waiting_for_others:
+                    break  # the loop sleeps, then proposes again
                 self.exhausted_space = True
                 log.info("every configuration of the search space has been tried")
                 break

@@ -68,10 +68,11 @@ def launcher(monkeypatch, deadline):
     return fake
 
 
-def orphan(study, storage, params=None, heartbeat=False):
-    """A trial left RUNNING by a worker that died (after its ask, before its tell)."""
-    distributions = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in (params or {}).items()}
-    trial = study.ask(distributions)
+def orphan(study, storage, space=None, params=None, heartbeat=False):
+    """A trial left RUNNING by a worker that died (after its ask, before its tell), with `params` if given."""
+    if params:
+        study.enqueue_trial(params)
+    trial = study.ask(space)
     if heartbeat:
         study_id = storage.get_study_id_from_name(study.study_name)
         storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
@@ -123,3 +124,21 @@ def test_a_summary_that_fails_is_a_warning_and_the_parent_run_ends_failed(tmp_pa
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 2
     assert "its summary failed (OSError: disk full); MLflow parent run marked FAILED" in caplog.text
     assert sweep.tracking.client.get_run(sweep.parent).info.status == "FAILED"
+
+
+# --- 4. a finite space whose last cell is a dead worker's ---------------------------------------------------
+GRID = {"_target_": "optuna.samplers.GridSampler", "_partial_": True}
+
+
+def test_a_grid_waits_for_a_cell_that_a_dead_workers_trial_holds(tmp_path, launcher):
+    # Re-run within grace_period: cell x=1 is RUNNING, its worker dead. Before, it counted as tried and the
+    # sweep ended with "every configuration has been tried" and only x=0 trained.
+    sweep, study = make_sweep(tmp_path, "x=choice(0,1)", n_trials=5, sampler=GRID)
+    first = sweep.propose_once(study)
+    sweep.close(study, first, TrialState.COMPLETE, values=[0.5])
+    dead = orphan(study, sweep.storage, sweep.space, {"x": 1 - first.trial.params["x"]}, heartbeat=True)
+    sweep.loop(study)
+    sweep.heartbeats.stop()
+    trials = study.get_trials(deepcopy=False)
+    assert trials[dead.number].state == TrialState.FAIL  # reclaimed after grace_period
+    assert sorted(t.params["x"] for t in trials if t.state == TrialState.COMPLETE) == [0, 1]
