@@ -509,7 +509,8 @@ class ConstrainedSweep:
 
     def record_all(self, study, results):
         """Record finished trials; stop the sweep, as the plugin does, when more than max_failure_rate of a
-        batch crashed (with a pool, which has no batches: of this run's finished trials)."""
+        batch crashed (with a pool, which has no batches: of this run's finished trials, and of at least as
+        many as it has slots)."""
         if not results:
             return
         crashes = [err for proposal, ret in results if (err := self.record(study, proposal, ret)) is not None]
@@ -519,7 +520,10 @@ class ConstrainedSweep:
         log.info(f"[{done}/{self.n_trials} trained | {self.counts['over_budget']} over budget, "
                  f"{self.counts['invalid']} invalid, {self.counts['repeat']} repeats skipped | "
                  f"{time.perf_counter() - self.started_at:.0f}s]")
-        failed, ended = (len(self.crashes), self.ended) if self.pool else (len(crashes), len(results))
+        # A pool judges every trial of this run so far, as if its slots were one batch until more have ended:
+        # otherwise the first trial to end, crashed, would be 1 of 1 and stop a sweep that allows 1 in 4.
+        failed, ended = (len(self.crashes), max(self.ended, len(self.pool.slots))) if self.pool else (
+            len(crashes), len(results))
         if failed and failed / ended > float(self.s["max_failure_rate"]):
             while self.pool and self.pool.busy():  # never lose a finished trial: wait for the others
                 for proposal, ret in self.pool.collect(timeout=1.0):

@@ -142,3 +142,28 @@ def test_a_grid_waits_for_a_cell_that_a_dead_workers_trial_holds(tmp_path, launc
     trials = study.get_trials(deepcopy=False)
     assert trials[dead.number].state == TrialState.FAIL  # reclaimed after grace_period
     assert sorted(t.params["x"] for t in trials if t.state == TrialState.COMPLETE) == [0, 1]
+
+
+# --- 5. max_failure_rate with a pool -----------------------------------------------------------------------
+def launched_proposal(sweep, study):
+    proposal = sweep.propose_once(study)
+    sweep.mark_launched(proposal)
+    return proposal
+
+
+@pytest.mark.parametrize("rate, stops_at", [(0.25, 5), (0.0, 1)])
+def test_a_pool_judges_max_failure_rate_as_if_its_slots_were_a_batch(tmp_path, rate, stops_at):
+    # 4 slots: before, the first trial to end crashing was 1 of 1 > 0.25 and stopped the sweep.
+    sweep, study = make_sweep(tmp_path, "x=interval(0,1)", n_trials=8, max_failure_rate=rate)
+    sweep.pool = SimpleNamespace(slots=[0, 1, 2, 3], busy=lambda: 0)
+    sweep.started_at, sweep.crashes, sweep.ended = time.perf_counter(), [], 0
+    outcomes = [RuntimeError("boom"), 0.5, 0.5, 0.5, RuntimeError("boom again")]
+    for i, outcome in enumerate(outcomes, start=1):
+        results = [(launched_proposal(sweep, study), returned(outcome))]
+        if i < stops_at:
+            sweep.record_all(study, results)
+        else:
+            with pytest.raises(RuntimeError):
+                sweep.record_all(study, results)
+            break
+    sweep.heartbeats.stop()
