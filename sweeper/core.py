@@ -314,7 +314,9 @@ class ConstrainedSweep:
             verdict = self.constraints(self.job_configs(proposal.overrides))
         except Exception as err:  # noqa: BLE001 - a value Hydra cannot compose: invalid, like any refused config
             verdict = Verdict(amounts={n: INVALID_AMOUNT for n in self.constraints.names},
-                              invalid=str(err).strip().splitlines()[0])
+                              invalid=(str(err).strip().splitlines() or [type(err).__name__])[0])
+        if verdict.invalid is not None:  # the check's own words, which may quote a URL with its password
+            verdict.invalid = secrets.mask_url(verdict.invalid)
         for name, amount in verdict.amounts.items():
             proposal.trial.set_constraint(name, amount)
         proposal.measured = verdict.measured
@@ -513,7 +515,7 @@ class ConstrainedSweep:
         many as it has slots)."""
         if not results:
             return
-        crashes = [err for proposal, ret in results if (err := self.record(study, proposal, ret)) is not None]
+        crashes = [crash for proposal, ret in results if (crash := self.record(study, proposal, ret)) is not None]
         self.crashes += crashes
         self.ended += len(results)
         done = len(trained_trials(study.get_trials(deepcopy=False)))
@@ -528,7 +530,12 @@ class ConstrainedSweep:
             while self.pool and self.pool.busy():  # never lose a finished trial: wait for the others
                 for proposal, ret in self.pool.collect(timeout=1.0):
                     self.record(study, proposal, ret)
-            raise (crashes or self.crashes)[0]
+            # One line, not the job's traceback: each crash's reason is in its trial (fail_reason) and its log.
+            shown = self.crashes if self.pool else crashes
+            counted = f"the {self.ended} trials that ended" if self.pool else f"{len(results)} trials of the batch"
+            raise SweepError(f"hydra.sweeper.max_failure_rate={self.s['max_failure_rate']}: {failed} of {counted} "
+                             f"crashed ({'; '.join(shown[:3])}{'; ...' if len(shown) > 3 else ''}): see each trial's "
+                             f"log, or allow more")
 
     def sweep_config(self, proposal, device):
         """The trial's full Hydra config for the pool (the launchers compose their own)."""
@@ -547,21 +554,22 @@ class ConstrainedSweep:
         return returns
 
     def record(self, study, proposal, ret):
-        """Tell the study how a launched trial ended. Returns the exception of a job that crashed."""
+        """Tell the study how a launched trial ended. Returns `#N <reason's first line>` for a job that crashed."""
         try:
             value = ret.return_value  # re-raises the job's exception
         except Exception as err:  # noqa: BLE001 - every job error is recorded, then judged by max_failure_rate
             reason = secrets.mask_url(f"{type(err).__name__}: {err}")[:1000]
             self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
             log.warning(f"  trial #{proposal.number} failed: {reason}")
-            return err
+            return f"#{proposal.number} {reason.strip().splitlines()[0]}"
         if isinstance(value, job_api.Pruned):
             self.close(study, proposal, TrialState.PRUNED)
             log.info(f"  trial #{proposal.number} pruned: {value.message}")
             return None
         if isinstance(value, job_api.Failed):
-            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": str(value.reason)[:1000]})
-            log.warning(f"  trial #{proposal.number} failed: {value.reason}")
+            reason = secrets.mask_url(str(value.reason))[:1000]
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
+            log.warning(f"  trial #{proposal.number} failed: {reason}")
             return None
         values = self.numbers(value)
         if values is None:

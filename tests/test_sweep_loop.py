@@ -16,6 +16,7 @@ from sweeper.constraints import Constraints
 
 def make_sweep(tmp_path, *space, storage=None, constraints=None, **settings):
     """A ConstrainedSweep on study `s` (sqlite in tmp_path, or `storage`), proposing from `space`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     settings = dict(dict(study_name="s", direction="maximize", n_trials=3, n_jobs=1, heartbeat_interval=1,
                          grace_period=2, storage=storage or f"sqlite:///{tmp_path}/optuna.db"), **settings)
     config = OmegaConf.create({"hydra": {"overrides": {"hydra": [], "task": []}, "sweeper": {},
@@ -163,7 +164,39 @@ def test_a_pool_judges_max_failure_rate_as_if_its_slots_were_a_batch(tmp_path, r
         if i < stops_at:
             sweep.record_all(study, results)
         else:
-            with pytest.raises(RuntimeError):
+            with pytest.raises(core.SweepError, match=rf"hydra.sweeper.max_failure_rate={rate}: {stops_at // 5 + 1} of "
+                                                      rf"the {stops_at} trials that ended crashed \(#0 RuntimeError: boom"):
                 sweep.record_all(study, results)
             break
     sweep.heartbeats.stop()
+
+
+# --- 8. what a job or a constraint says, masked; crashes summarised in one line -----------------------------
+LEAK = "postgresql://u:s3cret@db/optuna"
+
+
+def leaky_constraint(cfg):
+    raise ValueError(f"cannot reach {LEAK}")
+
+
+def test_reasons_are_masked_and_too_many_crashes_stop_with_one_error(tmp_path, launcher):
+    from sweeper.job import Failed
+    sweep, study = make_sweep(tmp_path, "x=choice(0,1,2)", n_trials=3, n_jobs=3)
+    results = iter([Failed(f"lost {LEAK}"), 0.5, RuntimeError(f"crashed on {LEAK}\nsecond line")])
+    launcher.job = lambda overrides: next(results)
+    with pytest.raises(core.SweepError) as stopped:
+        sweep.loop(study)
+    message = str(stopped.value)
+    assert message == ("hydra.sweeper.max_failure_rate=0.0: 1 of 3 trials of the batch crashed (#2 RuntimeError: "
+                       "crashed on postgresql://u:***@db/optuna): see each trial's log, or allow more")
+    reasons = [t.user_attrs["fail_reason"] for t in study.trials if "fail_reason" in t.user_attrs]
+    assert reasons == ["lost postgresql://u:***@db/optuna", f"RuntimeError: crashed on postgresql://u:***@db/optuna\n"
+                                                           "second line"]
+
+    judged, study = make_sweep(tmp_path / "b", "x=choice(0,1)", constraints={
+        "r": {"_target_": "tests.test_sweep_loop.leaky_constraint"}})
+    proposal = judged.propose_once(study)
+    assert proposal.kind == "invalid" and "s3cret" not in proposal.note
+    assert study.trials[0].user_attrs["reason"] == "cannot reach postgresql://u:***@db/optuna"
+    for sweep_ in (sweep, judged):
+        sweep_.heartbeats.stop()
