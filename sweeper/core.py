@@ -303,9 +303,31 @@ class ConstrainedSweep:
             self.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": known[key]})
         else:
             self.judge(study, proposal)
+        if proposal.kind == "feasible":
+            self.give_way_to_a_twin(study, proposal, key)
         if key in seen or proposal.kind == "repeat":  # a finite space's sampler may keep coming back: move on
             self.steer_to_unseen(study, seen | {key})
         return proposal
+
+    def give_way_to_a_twin(self, study, proposal, key):
+        """`known` was read before the ask: another worker may have proposed the same configuration since
+        (with a seeded sampler every worker draws the same sequence). Read again now that this proposal's
+        values are stored; the one that gives way is recorded as a repeat (`repeat_of`, `concurrent`).
+
+        It gives way to a twin that trained, or that runs and either has the lower number or is already
+        launched. Each worker stores its values before it reads, so of two twins the later reader sees the
+        other; both are launched only if one of them stores its values and reads in the moment between the
+        other's reading and its marking the trial launched."""
+        if not isinstance(self.storage, optuna.storages.RDBStorage):
+            return  # one process: `known` is up to date
+        for t in study.get_trials(deepcopy=False):
+            if t.number == proposal.number or space_mod.params_key(t.params) != key:
+                continue
+            if trained_trials([t]) or (t.state == TrialState.RUNNING and (
+                    t.number < proposal.number or t.user_attrs.get("launched"))):
+                proposal.kind, proposal.note = "repeat", f"repeat of #{t.number}, proposed by another worker at once"
+                self.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": t.number, "concurrent": True})
+                return
 
     def judge(self, study, proposal):
         """Compose the proposal's job config once, run every constraint on it, record the verdict; a proposal

@@ -200,3 +200,22 @@ def test_reasons_are_masked_and_too_many_crashes_stop_with_one_error(tmp_path, l
     assert study.trials[0].user_attrs["reason"] == "cannot reach postgresql://u:***@db/optuna"
     for sweep_ in (sweep, judged):
         sweep_.heartbeats.stop()
+
+
+# --- 6. two workers proposing the same configuration at the same moment --------------------------------------
+def test_a_worker_gives_way_when_another_proposed_the_same_configuration_at_the_same_moment(tmp_path):
+    # Both read the study (no trial yet), then both ask a seeded sampler: the same draw. Before, both trained it.
+    seeded = {"_target_": "optuna.samplers.RandomSampler", "seed": 1}
+    first, study = make_sweep(tmp_path, "x=choice(0,1,2,3,4,5,6,7)", sampler=seeded)
+    second, other = make_sweep(tmp_path, "x=choice(0,1,2,3,4,5,6,7)", sampler=seeded)
+    before = second.known(other.get_trials(deepcopy=False))
+    second.known = lambda trials: before  # what it read before the first worker's proposal was stored
+    mine = first.propose_once(study)
+    theirs = second.propose_once(other)
+    assert mine.kind == "feasible" and theirs.trial.params == mine.trial.params
+    assert theirs.kind == "repeat" and theirs.note == f"repeat of #{mine.number}, proposed by another worker at once"
+    recorded = other.trials[theirs.number]
+    assert recorded.state == TrialState.FAIL and recorded.user_attrs == {"repeat_of": mine.number, "concurrent": True}
+    assert other.trials[mine.number].state == TrialState.RUNNING  # the first worker's, untouched
+    for sweep in (first, second):
+        sweep.heartbeats.stop()
