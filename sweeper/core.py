@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 
 import optuna
 from hydra.core.plugins import Plugins
-from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
 from sweeper import job as job_api
-from sweeper import compat, report, secrets, space as space_mod
+from sweeper import compat, report, secrets, space as space_mod, targets
 from sweeper.compose import JobConfigs
 from sweeper.constraints import INVALID_AMOUNT, Constraints, Verdict
 from sweeper.pool import DevicePool, device_ids
@@ -207,8 +206,8 @@ class ConstrainedSweep:
     def build_extender(self):
         if not self.s["custom_search_space"]:
             return None
-        return instantiate({"_target_": self.s["custom_search_space"], "_partial_": True},
-                           _execution_whitelist_=self.whitelist)
+        return self.build(targets.build, "hydra.sweeper.custom_search_space",
+                          {"_target_": self.s["custom_search_space"], "_partial_": True}, self.whitelist)
 
     def base_config(self):
         """The job config without search values; every plain search key must be in it."""
@@ -233,7 +232,7 @@ class ConstrainedSweep:
             return
         spec = dict(self.s["preflight"])
         spec.setdefault("_partial_", True)
-        check = self.build(lambda: instantiate(spec, _execution_whitelist_=self.whitelist))
+        check = self.build(targets.build, "hydra.sweeper.preflight._target_", spec, self.whitelist)
         try:
             check(base)
         except Exception as err:  # noqa: BLE001 - the check's own message says what to change
@@ -241,7 +240,7 @@ class ConstrainedSweep:
 
     def build_sampler(self):
         spec = dict(self.s["sampler"] or {"_target_": "optuna.samplers.TPESampler"})
-        inner = instantiate(spec, _execution_whitelist_=SAMPLER_WHITELIST)
+        inner = self.build(targets.build, "hydra.sweeper.sampler._target_", spec, SAMPLER_WHITELIST)
         self.grid = None
         if callable(inner) and getattr(inner, "func", None) is optuna.samplers.GridSampler:
             try:

@@ -133,8 +133,8 @@ def build_pruner(spec):
     import optuna
     spec = dict(spec or {"name": "none"})
     if "_target_" in spec:
-        from hydra.utils import instantiate
-        return instantiate(spec, _execution_whitelist_=["optuna.pruners.*"])
+        from sweeper.targets import build
+        return build("hydra.sweeper.pruner._target_", spec, ["optuna.pruners.*"])
     name = spec.pop("name", "none")
     classes = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
                "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner,

@@ -221,3 +221,26 @@ def test_a_worker_gives_way_when_another_proposed_the_same_configuration_at_the_
     for sweep in (first, second):
         sweep.heartbeats.stop()
 
+
+# --- 7. a _target_ that cannot be built: one error line ------------------------------------------------------
+@pytest.mark.parametrize("key, settings, build", [
+    ("hydra.sweeper.sampler._target_=optuna.samplers.TPESamplr",
+     {"sampler": {"_target_": "optuna.samplers.TPESamplr"}}, lambda s: s.build_sampler()),
+    ("hydra.sweeper.pruner._target_=optuna.pruners.MedianPrunr",
+     {"pruner": {"_target_": "optuna.pruners.MedianPrunr"}}, lambda s: s.build(core.job_api.build_pruner, s.s["pruner"])),
+    ("hydra.sweeper.preflight._target_=my_app.chekc", {"preflight": {"_target_": "my_app.chekc"}},
+     lambda s: s.preflight(None)),
+    ("hydra.sweeper.custom_search_space=my_app.spaec", {"custom_search_space": "my_app.spaec"},
+     lambda s: s.build_extender()),
+    ("hydra.sweeper.constraints.mem._target_=my_app.mem", {"constraints": {"mem": {"_target_": "my_app.mem"}}},
+     lambda s: s.build(Constraints, s.s["constraints"], ["my_app.*"])),
+    ("hydra.sweeper.constraints.sh._target_=os.system", {"constraints": {"sh": {"_target_": "os.system"}}},
+     lambda s: s.build(Constraints, s.s["constraints"], ["my_app.*"])),
+], ids=["sampler", "pruner", "preflight", "custom_search_space", "constraint", "constraint not allowed"])
+def test_a_target_that_cannot_be_built_is_one_error_line_naming_it(key, settings, build):
+    sweep = core.ConstrainedSweep(dict(settings), hydra_context=SimpleNamespace(config_loader=None), task_function=None,
+                                  config=OmegaConf.create({}))
+    with pytest.raises(core.UsageError) as refused:
+        build(sweep)
+    message = str(refused.value)
+    assert message.startswith(key + ": cannot be built (") and "\n" not in message, message
