@@ -93,10 +93,20 @@ class Slot:
 
     def _submit(self, function, *args):
         with self.lock:
-            if self.executor is None:
-                self.executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_start_worker, initargs=(self.device, self.payload))
-            return self.executor.submit(function, *args)
+            for retry in (False, True):
+                if self.executor is None:
+                    self.executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                        initializer=_start_worker, initargs=(self.device, self.payload))
+                try:
+                    return self.executor.submit(function, *args)
+                except BrokenProcessPool:
+                    # Its worker died while idle (killed, out of memory): collect() never saw it, as no
+                    # trial ran. A fresh process, once; a new executor that is broken already is not this.
+                    self.executor.shutdown(wait=False, cancel_futures=True)
+                    self.executor = None
+                    if retry:
+                        raise
+                    log.warning(f"the worker process on device {self.device} died while idle: starting a new one")
 
     def warm_up(self):
         """Start the worker in the background: a spawned process imports the app (torch: seconds) before it

@@ -2,6 +2,7 @@
 
 No GPU here: the ids are labels and trials run on the CPU, which is what `trainer.device=cpu` asks for;
 pinning is checked through what each trial saw (CUDA_VISIBLE_DEVICES, recorded as an MLflow tag)."""
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -94,3 +95,24 @@ def test_device_ids(monkeypatch):
         device_ids("auto")
     with pytest.raises(ValueError, match="must be auto or a non-empty list"):
         device_ids([])
+
+
+def test_a_slot_whose_worker_died_while_idle_takes_the_next_trial_in_a_new_one():
+    # Before, submit raised BrokenProcessPool (a traceback, the trial left RUNNING) instead of restarting.
+    import signal
+    import time
+
+    from hydra.core.singleton import Singleton
+
+    from sweeper.pool import Slot, _dumps
+    slot = Slot("0", _dumps((len, None, Singleton.get_state())))
+    try:
+        first = slot._submit(os.getpid).result(timeout=120)
+        os.kill(first, signal.SIGKILL)  # killed between trials (out of memory, by hand)
+        deadline = time.monotonic() + 30
+        while not slot.executor._broken and time.monotonic() < deadline:  # the executor notices the death
+            time.sleep(0.05)
+        assert slot.executor._broken
+        assert slot._submit(os.getpid).result(timeout=120) not in (first, os.getpid())
+    finally:
+        slot.restart()
