@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def visible_gpus():
-    """Ids of the GPUs this process may use: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`, else torch."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+    """Ids of the GPUs this process may use: CUDA_VISIBLE_DEVICES if set (empty: none, as CUDA reads it),
+    else `nvidia-smi -L`."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
     import shutil
     import subprocess
@@ -39,8 +40,10 @@ def device_ids(devices):
     if isinstance(devices, str) and devices.strip() == "auto":
         found = visible_gpus()
         if not found:
-            raise ValueError("hydra.sweeper.devices=auto but no GPU is visible (CUDA_VISIBLE_DEVICES is empty and "
-                             "nvidia-smi lists none): give ids, e.g. 'hydra.sweeper.devices=[0,1]', or leave it unset")
+            why = ("CUDA_VISIBLE_DEVICES is set and empty" if "CUDA_VISIBLE_DEVICES" in os.environ
+                   else "nvidia-smi lists none")
+            raise ValueError(f"hydra.sweeper.devices=auto: no GPU is visible ({why}): give ids, e.g. "
+                             f"'hydra.sweeper.devices=[0,1]', or leave it unset")
         return found
     if isinstance(devices, (int, str)):
         devices = [devices]
