@@ -112,6 +112,7 @@ class ConstrainedSweep:
             raise SystemExit(2) from None
 
     def _sweep(self, arguments):
+        self.check_heartbeat_settings()
         arguments = self.hide_secrets(arguments)
         self.space, self.fixed = space_mod.parse(self.s["params"], arguments)
         self.extender = self.build_extender()
@@ -186,6 +187,14 @@ class ConstrainedSweep:
             return make(*args)
         except (ValueError, TypeError) as err:
             raise UsageError(str(err)) from err
+
+    def check_heartbeat_settings(self):
+        interval, grace = self.s["heartbeat_interval"], self.s["grace_period"]
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+            raise UsageError(f"hydra.sweeper.heartbeat_interval={interval}: must be a number of seconds > 0")
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace > interval:
+            raise UsageError(f"hydra.sweeper.grace_period={grace}: must be longer than hydra.sweeper.heartbeat_interval "
+                             f"({interval} s), or a live trial is taken for dead between two of its heartbeats")
 
     def hide_secrets(self, arguments):
         """Remember real URLs (for this process and its jobs) and mask them in everything passed on."""

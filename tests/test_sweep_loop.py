@@ -244,3 +244,20 @@ def test_a_target_that_cannot_be_built_is_one_error_line_naming_it(key, settings
         build(sweep)
     message = str(refused.value)
     assert message.startswith(key + ": cannot be built (") and "\n" not in message, message
+
+
+# --- heartbeat settings ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("settings, line", [
+    ({"heartbeat_interval": 0}, "error: hydra.sweeper.heartbeat_interval=0: must be a number of seconds > 0"),
+    ({"heartbeat_interval": "often"}, "error: hydra.sweeper.heartbeat_interval=often: must be a number of seconds > 0"),
+    ({"heartbeat_interval": 10, "grace_period": 10},
+     "error: hydra.sweeper.grace_period=10: must be longer than hydra.sweeper.heartbeat_interval (10 s), or a live "
+     "trial is taken for dead between two of its heartbeats"),
+])
+def test_heartbeat_settings_that_cannot_work_are_one_error_line(settings, line, capsys):
+    config = OmegaConf.create({"hydra": {"overrides": {"hydra": [], "task": []}, "sweeper": {}}})
+    sweep = core.ConstrainedSweep(dict(settings, params={"x": "choice(0,1)"}),
+                                  hydra_context=SimpleNamespace(config_loader=None), task_function=None, config=config)
+    with pytest.raises(SystemExit) as stopped:
+        sweep.sweep([])
+    assert stopped.value.code == 2 and capsys.readouterr().err.strip() == line
