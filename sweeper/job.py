@@ -69,7 +69,6 @@ class SweepTrial:
         self.study_name = os.environ.get(ENV_STUDY, "")
         self.parent_run_id = os.environ.get(ENV_PARENT_RUN) or None
         self.directions = [d for d in os.environ.get(ENV_DIRECTIONS, "maximize").split(",") if d]
-        self.device = os.environ.get("CUDA_VISIBLE_DEVICES")
         self._trial, self._reporting = None, len(self.directions) == 1  # Optuna prunes one objective only
 
     def __repr__(self):
