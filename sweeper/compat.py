@@ -7,8 +7,13 @@
   GP, NSGA-II, CMA-ES, QMC all call it, with `use_cache=True`). `StudyView` overrides it so that a
   learning sampler sees over-budget placeholders as finished trials with their constraint values, while
   the study itself keeps them as FAIL for pruners and for every other reader (see sweeper/sampler.py).
+- `optuna.storages._rdb.models` (TrialModel, TrialHeartbeatModel) and
+  `optuna.storages._rdb.storage._create_scoped_session` (Optuna, private module): which RUNNING trials have
+  no heartbeat row at all. `fail_stale_trials` skips them (it compares heartbeat rows only), so a worker
+  killed between creating its trial and its first heartbeat would leave a trial that is never failed.
 
-Everything else is public API: `Study.ask(fixed_distributions=...)` instead of `Trial._suggest`;
+Everything else is public API: `Trial.suggest_float` / `suggest_int` / `suggest_categorical` with a
+distribution's own fields (sweeper/space.py: suggest) instead of `Trial._suggest`;
 trial ids from `storage.get_study_id_from_name` and `storage.get_trial_id_from_study_id_trial_number`
 instead of `Trial._trial_id`; the sweeper keeps its own storage object instead of reading `Study._storage`;
 `optuna.storages.fail_stale_trials`, `RDBStorage.record_heartbeat`, `GridSampler.is_exhausted`,
@@ -21,7 +26,7 @@ import copy
 import optuna
 from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
-__all__ = ["StudyView", "distribution_from_override"]
+__all__ = ["StudyView", "distribution_from_override", "running_without_heartbeat"]
 
 
 def distribution_from_override(override):
@@ -45,3 +50,16 @@ class StudyView(optuna.Study):
         if states is not None:
             trials = [t for t in trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
+
+
+def running_without_heartbeat(storage, study_id):
+    """Ids of the study's RUNNING trials that have never recorded a heartbeat (an RDBStorage's)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    with _create_scoped_session(storage.scoped_session) as session:
+        rows = (session.query(models.TrialModel.trial_id)
+                .outerjoin(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == optuna.trial.TrialState.RUNNING,
+                        models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+                .all())
+    return {row[0] for row in rows}

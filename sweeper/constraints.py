@@ -15,8 +15,9 @@ callable (a class with __call__) says `_partial_: false`.
 import math
 from dataclasses import dataclass, field
 
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
+
+from sweeper.targets import build
 
 INVALID_AMOUNT = 1.0  # what an invalid proposal records for every constraint: over, by a token amount
 
@@ -43,11 +44,7 @@ class Constraints:
                 continue
             spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
             spec.setdefault("_partial_", True)
-            try:
-                self.functions[name] = instantiate(spec, _execution_whitelist_=execution_whitelist)
-            except Exception as err:
-                raise ValueError(f"hydra.sweeper.constraints.{name}: cannot build {spec.get('_target_')!r} "
-                                 f"({err}); give a callable's import path as _target_") from err
+            self.functions[name] = build(f"hydra.sweeper.constraints.{name}._target_", spec, execution_whitelist)
 
     @property
     def names(self):

@@ -1,6 +1,6 @@
 """The constrained Optuna sweep: propose, check, launch, record; safe with several workers on one study.
 
-One proposal at a time: `study.ask` with the search space, the job config composed once
+One proposal at a time: `study.ask`, its heartbeat, the search space's values, the job config composed once
 (sweeper/compose.py) and handed to every constraint; an over-budget or invalid proposal, or one that
 repeats a trained or running trial, is recorded as FAIL with a user attr saying why and never
 launched. Feasible proposals go to the configured launcher in batches of `n_jobs` (as the upstream
@@ -9,8 +9,9 @@ plugin does) or, with `devices`, to a pool that keeps every slot busy (sweeper/p
 Concurrency: from `ask` until `tell`, this process keeps the trial's heartbeat (queued, launched,
 waiting for batch-mates), so no other worker takes a live trial for dead. A trial whose heartbeat
 stopped (its worker was killed) is failed by `optuna.storages.fail_stale_trials` after
-`grace_period` and its slot proposed again; until then other workers count it as in flight and wait.
-A result for a trial that another process has already closed is logged, not raised.
+`grace_period` and its slot proposed again (one that never had a heartbeat too: fail_silent_trials);
+until then other workers count it as in flight and wait. A result for a trial that another process
+has already closed is logged, not raised.
 """
 import logging
 import math
@@ -22,12 +23,11 @@ from dataclasses import dataclass, field
 
 import optuna
 from hydra.core.plugins import Plugins
-from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
 from sweeper import job as job_api
-from sweeper import report, secrets, space as space_mod
+from sweeper import compat, report, secrets, space as space_mod, targets
 from sweeper.compose import JobConfigs
 from sweeper.constraints import INVALID_AMOUNT, Constraints, Verdict
 from sweeper.pool import DevicePool, device_ids
@@ -101,6 +101,7 @@ class ConstrainedSweep:
         self.job_idx = 0
         self.counts = {"feasible": 0, "over_budget": 0, "invalid": 0, "repeat": 0}
         self.rng = random.Random((self.s["sampler"] or {}).get("seed"))
+        self.silent_since = {}  # trial id -> when this process first saw it RUNNING without any heartbeat
 
     # --- entry -------------------------------------------------------------------------------------
     def sweep(self, arguments):
@@ -111,6 +112,7 @@ class ConstrainedSweep:
             raise SystemExit(2) from None
 
     def _sweep(self, arguments):
+        self.check_heartbeat_settings()
         arguments = self.hide_secrets(arguments)
         self.space, self.fixed = space_mod.parse(self.s["params"], arguments)
         self.extender = self.build_extender()
@@ -158,10 +160,25 @@ class ConstrainedSweep:
             raise
         finally:
             self.heartbeats.stop()
-        self.parent = self.tracking.settle(study, self.storage, self.parent)
-        self.tracking.close_interrupted(study, self.parent)
-        report.summarize(self.tracking, self.config, study, self.parent, self.directions, self.s["objective_names"],
-                         self.hydra_context.config_loader, self.counts)
+        self.summarize(study)
+
+    def summarize(self, study):
+        """The end-of-sweep report. Every trial's result is in the study by now, so a failure here (the tracking
+        store, a plot, a config that no longer composes) is one warning line and the sweep still succeeds;
+        whatever happens, the parent run ends (FAILED when the summary did not finish)."""
+        try:
+            self.parent = self.tracking.settle(study, self.storage, self.parent)
+            self.tracking.close_interrupted(study, self.parent)
+            report.summarize(self.tracking, self.config, study, self.parent, self.directions, self.s["objective_names"],
+                             self.hydra_context.config_loader, self.counts)
+        except Exception as err:  # noqa: BLE001 - the trials are recorded; do not lose them behind a traceback
+            self.tracking.finish(self.parent, "FAILED")
+            reason = (secrets.mask_url(str(err)).strip().splitlines() or [""])[0]
+            log.warning(f"the sweep's trials are recorded in study {self.study_name}, but its summary failed "
+                        f"({type(err).__name__}: {reason})" + ("; MLflow parent run marked FAILED" if self.parent else ""))
+        except BaseException:
+            self.tracking.finish(self.parent, "KILLED")
+            raise
 
     # --- set-up --------------------------------------------------------------------------------------
     @staticmethod
@@ -170,6 +187,14 @@ class ConstrainedSweep:
             return make(*args)
         except (ValueError, TypeError) as err:
             raise UsageError(str(err)) from err
+
+    def check_heartbeat_settings(self):
+        interval, grace = self.s["heartbeat_interval"], self.s["grace_period"]
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+            raise UsageError(f"hydra.sweeper.heartbeat_interval={interval}: must be a number of seconds > 0")
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace > interval:
+            raise UsageError(f"hydra.sweeper.grace_period={grace}: must be longer than hydra.sweeper.heartbeat_interval "
+                             f"({interval} s), or a live trial is taken for dead between two of its heartbeats")
 
     def hide_secrets(self, arguments):
         """Remember real URLs (for this process and its jobs) and mask them in everything passed on."""
@@ -190,8 +215,8 @@ class ConstrainedSweep:
     def build_extender(self):
         if not self.s["custom_search_space"]:
             return None
-        return instantiate({"_target_": self.s["custom_search_space"], "_partial_": True},
-                           _execution_whitelist_=self.whitelist)
+        return self.build(targets.build, "hydra.sweeper.custom_search_space",
+                          {"_target_": self.s["custom_search_space"], "_partial_": True}, self.whitelist)
 
     def base_config(self):
         """The job config without search values; every plain search key must be in it."""
@@ -216,7 +241,7 @@ class ConstrainedSweep:
             return
         spec = dict(self.s["preflight"])
         spec.setdefault("_partial_", True)
-        check = self.build(lambda: instantiate(spec, _execution_whitelist_=self.whitelist))
+        check = self.build(targets.build, "hydra.sweeper.preflight._target_", spec, self.whitelist)
         try:
             check(base)
         except Exception as err:  # noqa: BLE001 - the check's own message says what to change
@@ -224,7 +249,7 @@ class ConstrainedSweep:
 
     def build_sampler(self):
         spec = dict(self.s["sampler"] or {"_target_": "optuna.samplers.TPESampler"})
-        inner = instantiate(spec, _execution_whitelist_=SAMPLER_WHITELIST)
+        inner = self.build(targets.build, "hydra.sweeper.sampler._target_", spec, SAMPLER_WHITELIST)
         self.grid = None
         if callable(inner) and getattr(inner, "func", None) is optuna.samplers.GridSampler:
             try:
@@ -258,15 +283,24 @@ class ConstrainedSweep:
         """Ask one trial and judge it. Returns a Proposal (kind feasible, over_budget, invalid or repeat; only a
         feasible one is still open) or None when a finite space has no configuration left to try."""
         trials = study.get_trials(deepcopy=False)
-        known, seen = self.known(trials)
-        if self.exhausted(seen):
+        known, seen, elsewhere = self.known(trials)
+        self.waiting_for_others = False
+        if self.exhausted(seen | elsewhere):
+            # A configuration that only another worker's running trial holds is not done: if that worker died,
+            # its trial is failed after grace_period and the configuration must run again. Wait for it.
+            self.waiting_for_others = not self.exhausted(seen)
             return None
+        seen = seen | elsewhere  # never steer to a configuration another worker is running
         if self.grid is not None and self.grid.is_exhausted(study):
             # The grid counts every finished cell as done, an interrupted (stale) trial's too: queue what is left.
             self.steer_to_unseen(study, seen)
-        trial = study.ask(self.space)
+        # The heartbeat first, the sampler after: a sampler can take seconds (GP, TPE on a long history), and
+        # a worker killed in them must leave a trial whose heartbeat goes stale, not one without any.
+        trial = study.ask()
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-        self.heartbeats.hold(trial_id)
+        self.heartbeats.hold(trial_id, trial.number)
+        for name, distribution in self.space.items():
+            space_mod.suggest(trial, name, distribution)
         if self.extender is not None:
             self.extender(self.config, trial)
         params = dict(trial.params)
@@ -277,9 +311,31 @@ class ConstrainedSweep:
             self.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": known[key]})
         else:
             self.judge(study, proposal)
+        if proposal.kind == "feasible":
+            self.give_way_to_a_twin(study, proposal, key)
         if key in seen or proposal.kind == "repeat":  # a finite space's sampler may keep coming back: move on
             self.steer_to_unseen(study, seen | {key})
         return proposal
+
+    def give_way_to_a_twin(self, study, proposal, key):
+        """`known` was read before the ask: another worker may have proposed the same configuration since
+        (with a seeded sampler every worker draws the same sequence). Read again now that this proposal's
+        values are stored; the one that gives way is recorded as a repeat (`repeat_of`, `concurrent`).
+
+        It gives way to a twin that trained, or that runs and either has the lower number or is already
+        launched. Each worker stores its values before it reads, so of two twins the later reader sees the
+        other; both are launched only if one of them stores its values and reads in the moment between the
+        other's reading and its marking the trial launched."""
+        if not isinstance(self.storage, optuna.storages.RDBStorage):
+            return  # one process: `known` is up to date
+        for t in study.get_trials(deepcopy=False):
+            if t.number == proposal.number or space_mod.params_key(t.params) != key:
+                continue
+            if trained_trials([t]) or (t.state == TrialState.RUNNING and (
+                    t.number < proposal.number or t.user_attrs.get("launched"))):
+                proposal.kind, proposal.note = "repeat", f"repeat of #{t.number}, proposed by another worker at once"
+                self.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": t.number, "concurrent": True})
+                return
 
     def judge(self, study, proposal):
         """Compose the proposal's job config once, run every constraint on it, record the verdict; a proposal
@@ -288,7 +344,9 @@ class ConstrainedSweep:
             verdict = self.constraints(self.job_configs(proposal.overrides))
         except Exception as err:  # noqa: BLE001 - a value Hydra cannot compose: invalid, like any refused config
             verdict = Verdict(amounts={n: INVALID_AMOUNT for n in self.constraints.names},
-                              invalid=str(err).strip().splitlines()[0])
+                              invalid=(str(err).strip().splitlines() or [type(err).__name__])[0])
+        if verdict.invalid is not None:  # the check's own words, which may quote a URL with its password
+            verdict.invalid = secrets.mask_url(verdict.invalid)
         for name, amount in verdict.amounts.items():
             proposal.trial.set_constraint(name, amount)
         proposal.measured = verdict.measured
@@ -321,9 +379,10 @@ class ConstrainedSweep:
 
     def known(self, trials):
         """(params key -> number of a trained or running trial, keys of the search space's configurations
-        already trained, running or judged infeasible). An interrupted trial's configuration is not known:
-        it is tried again."""
-        known, seen = {}, set()
+        already trained, judged infeasible or running here, keys of those running in another worker). An
+        interrupted trial's configuration is not known: it is tried again."""
+        known, seen, elsewhere = {}, set(), set()
+        mine = self.heartbeats.numbers()
         for t in trials:
             key = space_mod.params_key(t.params)
             if t.state == TrialState.RUNNING or trained_trials([t]):
@@ -331,8 +390,8 @@ class ConstrainedSweep:
             elif not is_placeholder(t):
                 continue
             if space_mod.in_space(self.space, t.params):
-                seen.add(key)
-        return known, seen
+                (elsewhere if t.state == TrialState.RUNNING and t.number not in mine else seen).add(key)
+        return known, seen, elsewhere
 
     def exhausted(self, seen):
         """A finite space (grid, or every parameter discrete) whose every configuration has been judged."""
@@ -393,7 +452,8 @@ class ConstrainedSweep:
 
     def mark_launched(self, proposal):
         self.counts["feasible"] += 1
-        set_attrs(proposal.trial, {"launched": True, "overrides": " ".join(proposal.overrides)})
+        # A list, as the launcher gets them: a value may hold spaces (`name=cifar sweep`), so no joined string.
+        set_attrs(proposal.trial, {"launched": True, "overrides": list(proposal.overrides)})
 
     def loop(self, study):
         """Keep every slot busy (pool) or run batches of n_jobs (launcher) until n_trials have trained,
@@ -406,8 +466,10 @@ class ConstrainedSweep:
         poll = min(5.0, float(self.s["heartbeat_interval"]))
         self.exhausted_space, self.started_at, self.crashes, self.ended = False, time.perf_counter(), [], 0
         self.stopped_by = None  # a SweepError from proposing: raised once the trials in flight are recorded
+        self.waiting_for_others = False  # a finite space's last configurations are other workers' running trials
         while True:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once their heartbeat is stale
+            self.fail_silent_trials()                  # and those that never had a heartbeat
             started = self.start_trials(study)
             if self.pool:
                 results = self.pool.collect(timeout=poll)
@@ -421,8 +483,32 @@ class ConstrainedSweep:
             left, running = self.remaining(study.get_trials(deepcopy=False))
             if self.exhausted_space or (left <= 0 and running == 0):
                 return
-            if left <= 0:
+            if left <= 0 or self.waiting_for_others:
                 time.sleep(poll)  # other workers' trials are in flight: one may fail and free its slot
+
+    def fail_silent_trials(self):
+        """Fail another worker's RUNNING trial that has had no heartbeat at all for grace_period.
+
+        Optuna's stale-trial check compares heartbeat rows, so a worker killed between creating a trial and
+        its first heartbeat (milliseconds) leaves a trial that it never fails, and that every worker counts
+        in flight for ever. The time is this process's own (since it first saw the trial without a
+        heartbeat), not the trial's start: that is written with the creating machine's local clock, which
+        another machine may not share (time zones)."""
+        if not (isinstance(self.storage, optuna.storages.RDBStorage) and self.storage.get_heartbeat_interval()):
+            return
+        now, grace = time.monotonic(), float(self.s["grace_period"])
+        silent = compat.running_without_heartbeat(self.storage, self.study_id) - set(self.heartbeats.held)
+        self.silent_since = {tid: self.silent_since.get(tid, now) for tid in silent}
+        for trial_id, since in list(self.silent_since.items()):
+            if now - since < grace:
+                continue
+            try:
+                if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    log.info(f"  trial id {trial_id}: RUNNING without a heartbeat for {grace:.0f}s (its worker died "
+                             f"before its first one): failed, its slot is free")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it ended meanwhile, or another worker failed it first
+            del self.silent_since[trial_id]
 
     def start_trials(self, study):
         """Propose into every free slot (pool: started at once; launcher: one batch, returned)."""
@@ -437,6 +523,8 @@ class ConstrainedSweep:
                 self.stopped_by = err
                 break
             if proposal is None:
+                if self.waiting_for_others:
+                    break  # the loop sleeps, then proposes again
                 self.exhausted_space = True
                 log.info("every configuration of the search space has been tried")
                 break
@@ -453,22 +541,31 @@ class ConstrainedSweep:
 
     def record_all(self, study, results):
         """Record finished trials; stop the sweep, as the plugin does, when more than max_failure_rate of a
-        batch crashed (with a pool, which has no batches: of this run's finished trials)."""
+        batch crashed (with a pool, which has no batches: of this run's finished trials, and of at least as
+        many as it has slots)."""
         if not results:
             return
-        crashes = [err for proposal, ret in results if (err := self.record(study, proposal, ret)) is not None]
+        crashes = [crash for proposal, ret in results if (crash := self.record(study, proposal, ret)) is not None]
         self.crashes += crashes
         self.ended += len(results)
         done = len(trained_trials(study.get_trials(deepcopy=False)))
         log.info(f"[{done}/{self.n_trials} trained | {self.counts['over_budget']} over budget, "
                  f"{self.counts['invalid']} invalid, {self.counts['repeat']} repeats skipped | "
                  f"{time.perf_counter() - self.started_at:.0f}s]")
-        failed, ended = (len(self.crashes), self.ended) if self.pool else (len(crashes), len(results))
+        # A pool judges every trial of this run so far, as if its slots were one batch until more have ended:
+        # otherwise the first trial to end, crashed, would be 1 of 1 and stop a sweep that allows 1 in 4.
+        failed, ended = (len(self.crashes), max(self.ended, len(self.pool.slots))) if self.pool else (
+            len(crashes), len(results))
         if failed and failed / ended > float(self.s["max_failure_rate"]):
             while self.pool and self.pool.busy():  # never lose a finished trial: wait for the others
                 for proposal, ret in self.pool.collect(timeout=1.0):
                     self.record(study, proposal, ret)
-            raise (crashes or self.crashes)[0]
+            # One line, not the job's traceback: each crash's reason is in its trial (fail_reason) and its log.
+            shown = self.crashes if self.pool else crashes
+            counted = f"the {self.ended} trials that ended" if self.pool else f"{len(results)} trials of the batch"
+            raise SweepError(f"hydra.sweeper.max_failure_rate={self.s['max_failure_rate']}: {failed} of {counted} "
+                             f"crashed ({'; '.join(shown[:3])}{'; ...' if len(shown) > 3 else ''}): see each trial's "
+                             f"log, or allow more")
 
     def sweep_config(self, proposal, device):
         """The trial's full Hydra config for the pool (the launchers compose their own)."""
@@ -487,21 +584,22 @@ class ConstrainedSweep:
         return returns
 
     def record(self, study, proposal, ret):
-        """Tell the study how a launched trial ended. Returns the exception of a job that crashed."""
+        """Tell the study how a launched trial ended. Returns `#N <reason's first line>` for a job that crashed."""
         try:
             value = ret.return_value  # re-raises the job's exception
         except Exception as err:  # noqa: BLE001 - every job error is recorded, then judged by max_failure_rate
             reason = secrets.mask_url(f"{type(err).__name__}: {err}")[:1000]
             self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
             log.warning(f"  trial #{proposal.number} failed: {reason}")
-            return err
+            return f"#{proposal.number} {reason.strip().splitlines()[0]}"
         if isinstance(value, job_api.Pruned):
             self.close(study, proposal, TrialState.PRUNED)
             log.info(f"  trial #{proposal.number} pruned: {value.message}")
             return None
         if isinstance(value, job_api.Failed):
-            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": str(value.reason)[:1000]})
-            log.warning(f"  trial #{proposal.number} failed: {value.reason}")
+            reason = secrets.mask_url(str(value.reason))[:1000]
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
+            log.warning(f"  trial #{proposal.number} failed: {reason}")
             return None
         values = self.numbers(value)
         if values is None:

@@ -69,7 +69,6 @@ class SweepTrial:
         self.study_name = os.environ.get(ENV_STUDY, "")
         self.parent_run_id = os.environ.get(ENV_PARENT_RUN) or None
         self.directions = [d for d in os.environ.get(ENV_DIRECTIONS, "maximize").split(",") if d]
-        self.device = os.environ.get("CUDA_VISIBLE_DEVICES")
         self._trial, self._reporting = None, len(self.directions) == 1  # Optuna prunes one objective only
 
     def __repr__(self):
@@ -133,8 +132,8 @@ def build_pruner(spec):
     import optuna
     spec = dict(spec or {"name": "none"})
     if "_target_" in spec:
-        from hydra.utils import instantiate
-        return instantiate(spec, _execution_whitelist_=["optuna.pruners.*"])
+        from sweeper.targets import build
+        return build("hydra.sweeper.pruner._target_", spec, ["optuna.pruners.*"])
     name = spec.pop("name", "none")
     classes = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
                "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner,

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def visible_gpus():
-    """Ids of the GPUs this process may use: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`, else torch."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+    """Ids of the GPUs this process may use: CUDA_VISIBLE_DEVICES if set (empty: none, as CUDA reads it),
+    else `nvidia-smi -L`."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
     import shutil
     import subprocess
@@ -39,8 +40,10 @@ def device_ids(devices):
     if isinstance(devices, str) and devices.strip() == "auto":
         found = visible_gpus()
         if not found:
-            raise ValueError("hydra.sweeper.devices=auto but no GPU is visible (CUDA_VISIBLE_DEVICES is empty and "
-                             "nvidia-smi lists none): give ids, e.g. 'hydra.sweeper.devices=[0,1]', or leave it unset")
+            why = ("CUDA_VISIBLE_DEVICES is set and empty" if "CUDA_VISIBLE_DEVICES" in os.environ
+                   else "nvidia-smi lists none")
+            raise ValueError(f"hydra.sweeper.devices=auto: no GPU is visible ({why}): give ids, e.g. "
+                             f"'hydra.sweeper.devices=[0,1]', or leave it unset")
         return found
     if isinstance(devices, (int, str)):
         devices = [devices]
@@ -93,10 +96,20 @@ class Slot:
 
     def _submit(self, function, *args):
         with self.lock:
-            if self.executor is None:
-                self.executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_start_worker, initargs=(self.device, self.payload))
-            return self.executor.submit(function, *args)
+            for retry in (False, True):
+                if self.executor is None:
+                    self.executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                        initializer=_start_worker, initargs=(self.device, self.payload))
+                try:
+                    return self.executor.submit(function, *args)
+                except BrokenProcessPool:
+                    # Its worker died while idle (killed, out of memory): collect() never saw it, as no
+                    # trial ran. A fresh process, once; a new executor that is broken already is not this.
+                    self.executor.shutdown(wait=False, cancel_futures=True)
+                    self.executor = None
+                    if retry:
+                        raise
+                    log.warning(f"the worker process on device {self.device} died while idle: starting a new one")
 
     def warm_up(self):
         """Start the worker in the background: a spawned process imports the app (torch: seconds) before it

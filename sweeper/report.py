@@ -5,6 +5,7 @@ writes only `optimization_results.yaml`, as the upstream plugin does.
 """
 import logging
 import os
+import shlex
 import sys
 
 import optuna
@@ -147,9 +148,22 @@ class Tracking:
                 self.client.set_terminated(run.info.run_id, status="KILLED")
 
 
+def launched_overrides(trial):
+    """The overrides a trial was launched with. Studies recorded before they were kept as a list hold one
+    string: split as a shell would, keeping quotes (`a='x y'` is one override), else at spaces."""
+    overrides = trial.user_attrs.get("overrides", [])
+    if isinstance(overrides, str):
+        try:
+            return shlex.split(overrides, posix=False)
+        except ValueError:
+            return overrides.split()
+    return list(overrides)
+
+
 def run_command(overrides):
-    """The command that reruns one trial alone: this script with the trial's overrides."""
-    return secrets.mask_url(f"python {os.path.basename(sys.argv[0]) or 'app.py'} {overrides}".strip())
+    """The command that reruns one trial alone: this script with the trial's overrides, quoted for a shell."""
+    words = [f"python {os.path.basename(sys.argv[0]) or 'app.py'}"] + [shlex.quote(o) for o in overrides]
+    return secrets.mask_url(" ".join(words))
 
 
 def objective_names(names, directions):
@@ -189,7 +203,7 @@ def summarize(tracking, config, study, parent, directions, names, config_loader,
         metrics.update(best_value=best.value, best_trial=best.number)
         measured = {name: best.user_attrs[name] for name in best.constraints if name in best.user_attrs}
         metrics.update({f"best_{name}": value for name, value in measured.items()})
-        command = run_command(best.user_attrs.get("overrides", ""))
+        command = run_command(launched_overrides(best))
         artifacts.append(_write(out_dir, "best_command.txt", command + "\n"))
         artifacts.append(_write(out_dir, "best_config.yaml", _job_yaml(config_loader, config, best)))
         shown = " ".join(f"{name}={value}" for name, value in measured.items())
@@ -200,7 +214,7 @@ def summarize(tracking, config, study, parent, directions, names, config_loader,
         front = study.best_trials
         results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in front]}
         metrics["pareto_size"] = len(front)
-        lines = ["\t".join(f"{v:.6g}" for v in t.values) + f"\t{run_command(t.user_attrs.get('overrides', ''))}"
+        lines = ["\t".join(f"{v:.6g}" for v in t.values) + f"\t{run_command(launched_overrides(t))}"
                  for t in sorted(front, key=lambda t: t.values)]
         artifacts.append(_write(out_dir, "pareto_front.tsv", "\t".join(names + ["command"]) + "\n" + "\n".join(lines) + "\n"))
         log.info(f"Pareto front: {len(front)} trials")
@@ -233,7 +247,7 @@ def summarize(tracking, config, study, parent, directions, names, config_loader,
 
 def _job_yaml(config_loader, config, trial):
     """The trial's whole job config, resolved, with passwords masked: `python app.py --config-name ...` ready."""
-    cfg = config_loader.load_sweep_config(config, trial.user_attrs["overrides"].split())
+    cfg = config_loader.load_sweep_config(config, launched_overrides(trial))
     job = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
            for k in cfg if k != "hydra"}
     return secrets.mask_url(OmegaConf.to_yaml(job))

@@ -106,6 +106,11 @@ class ConstrainedSampler(BaseSampler):
         self.inner.before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values):
+        if isinstance(self.inner, GridSampler) and "grid_id" not in trial.system_attrs:
+            # A cell the sweeper queued (steer_to_unseen) has no grid_id, and GridSampler.after_trial reads it
+            # when one cell is left (KeyError). All it would do is study.stop() for optimize(); the sweeper
+            # judges itself when a finite space is done (ConstrainedSweep.exhausted).
+            return
         self.inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self):

@@ -12,8 +12,9 @@ import os
 import re
 
 ENV = "SWEEPER_SECRETS"
-# scheme://user:password@host -- a URL's password has no raw '/' or '@' (they are %-encoded)
-_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]+:)(?P<password>[^@/\s'\"]+)"
+# scheme://user:password@host, the user part possibly empty (redis://:pw@host) -- a URL's password has no
+# raw '/' or '@' (they are %-encoded)
+_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)(?P<password>[^@/\s'\"]+)"
                        r"(?P<tail>@[^/\s'\"?#]*)")
 MASK = "***"
 

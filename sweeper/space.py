@@ -27,6 +27,19 @@ def parse(params, arguments):
     return space, list(fixed.values())
 
 
+def suggest(trial, name, distribution):
+    """Draw `name` from `distribution` on an asked trial, as `Study.ask(fixed_distributions)` does (the same
+    distribution, so the same draw), through the public suggest methods."""
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step,
+                                   log=distribution.log)
+    raise TypeError(f"{name}: no suggest method for {distribution!r}")
+
+
 def as_overrides(params):
     return [f"{name}={value}" for name, value in params.items()]
 

@@ -43,17 +43,22 @@ class Heartbeats:
 
     def __init__(self, storage, interval):
         self.storage = storage if isinstance(storage, optuna.storages.RDBStorage) else None
-        self.interval, self.held, self.lock = interval, {}, threading.Lock()
+        self.interval, self.held, self.lock = interval, {}, threading.Lock()  # held: trial id -> number
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="sweeper-heartbeats", daemon=True)
         if self.storage is not None:
             self.thread.start()
 
-    def hold(self, trial_id):
+    def hold(self, trial_id, number=None):
         with self.lock:
-            self.held[trial_id] = True
+            self.held[trial_id] = number
         if self.storage is not None:
             self.storage.record_heartbeat(trial_id)
+
+    def numbers(self):
+        """Numbers of the trials this process holds."""
+        with self.lock:
+            return set(self.held.values())
 
     def release(self, trial_id):
         with self.lock:

@@ -165,3 +165,29 @@ def test_pruner_specs(pruner):
             build_pruner(pruner)
     else:
         assert type(build_pruner(pruner)).__name__ == "MedianPruner"
+
+
+def test_a_fixed_value_with_a_space_reaches_the_best_config_and_command(tmp_path):
+    # `name='cifar sweep'` in a shell reaches Hydra as `name=cifar sweep`. The summary used to rebuild the
+    # best trial's overrides by splitting a joined string, failed on `sweep`, and left the parent RUNNING.
+    folder = app(tmp_path, """
+    import hydra
+
+
+    @hydra.main(version_base=None, config_path=".", config_name="config")
+    def main(cfg):
+        return float(cfg.x)
+
+
+    if __name__ == "__main__":
+        main()
+    """, "x: 0\nname: a\n")
+    result = run_app(folder, "x=choice(0,1)", "name=cifar sweep", "hydra.sweeper.n_trials=2",
+                     "hydra.sweeper.direction=maximize", "hydra/sweeper/sampler=grid",
+                     "+hydra.sweeper.mlflow.tracking_uri=sqlite:///mlflow.db")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert yaml.safe_load((folder / "multirun" / "best_config.yaml").read_text()) == {"x": 1, "name": "cifar sweep"}
+    assert (folder / "multirun" / "best_command.txt").read_text() == "python app.py x=1 'name=cifar sweep'\n"
+    import mlflow
+    runs = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db").search_runs(["0"])
+    assert [r.info.status for r in runs if r.data.tags.get("sweep") == "parent"] == ["FINISHED"]

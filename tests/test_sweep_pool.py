@@ -2,6 +2,7 @@
 
 No GPU here: the ids are labels and trials run on the CPU, which is what `trainer.device=cpu` asks for;
 pinning is checked through what each trial saw (CUDA_VISIBLE_DEVICES, recorded as an MLflow tag)."""
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -88,9 +89,44 @@ def test_device_ids(monkeypatch):
     assert device_ids([0, 1]) == ["0", "1"] and device_ids(3) == ["3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert device_ids("auto") == ["2", "3"]  # the GPUs this process may use, as it sees them
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi
-    with pytest.raises(ValueError, match="hydra.sweeper.devices=auto but no GPU is visible"):
+    with pytest.raises(ValueError, match=r"hydra.sweeper.devices=auto: no GPU is visible \(nvidia-smi lists none\)"):
         device_ids("auto")
     with pytest.raises(ValueError, match="must be auto or a non-empty list"):
         device_ids([])
+
+
+def test_a_slot_whose_worker_died_while_idle_takes_the_next_trial_in_a_new_one():
+    # Before, submit raised BrokenProcessPool (a traceback, the trial left RUNNING) instead of restarting.
+    import signal
+    import time
+
+    from hydra.core.singleton import Singleton
+
+    from sweeper.pool import Slot, _dumps
+    slot = Slot("0", _dumps((len, None, Singleton.get_state())))
+    try:
+        first = slot._submit(os.getpid).result(timeout=120)
+        os.kill(first, signal.SIGKILL)  # killed between trials (out of memory, by hand)
+        deadline = time.monotonic() + 30
+        while not slot.executor._broken and time.monotonic() < deadline:  # the executor notices the death
+            time.sleep(0.05)
+        assert slot.executor._broken
+        assert slot._submit(os.getpid).result(timeout=120) not in (first, os.getpid())
+    finally:
+        slot.restart()
+
+
+def test_an_empty_cuda_visible_devices_means_no_gpu(monkeypatch, tmp_path):
+    # An empty value hides every GPU from CUDA; before, auto took it for unset and asked nvidia-smi.
+    from sweeper.pool import device_ids
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: fake (UUID: GPU-0)'\necho 'GPU 1: fake (UUID: GPU-1)'\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert device_ids("auto") == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ValueError, match=r"^hydra.sweeper.devices=auto: no GPU is visible \(CUDA_VISIBLE_DEVICES is "
+                                         r"set and empty\)"):
+        device_ids("auto")

@@ -159,3 +159,17 @@ def test_the_accuracy_against_parameters_plot_shows_every_proposal(tmp_path):
     assert points == {"trained": [(800, 0.7), (950, 0.8)], "pruned": [(600, 0.4)], "over": [1500], "limit": 1000}
     [path] = constraint_plots(study.trials, "val_acc", str(tmp_path))
     assert path.endswith("val_acc_vs_params.png") and (tmp_path / "val_acc_vs_params.png").stat().st_size > 10_000
+
+
+def test_a_grid_cell_queued_by_the_sweeper_can_be_told_when_it_is_the_last_one():
+    # The sweeper queues a cell the grid has not judged (steer_to_unseen); a queued trial gets no grid_id,
+    # and GridSampler.after_trial read it when exactly one cell was left: KeyError 'grid_id' on tell.
+    from optuna.distributions import CategoricalDistribution
+    space = {"x": CategoricalDistribution([0, 1])}
+    study = optuna.create_study(sampler=ConstrainedSampler(optuna.samplers.GridSampler({"x": [0, 1]}, seed=0)))
+    first = study.ask(space)
+    study.tell(first, 1.0)
+    study.enqueue_trial({"x": 1 - first.params["x"]})
+    queued = study.ask(space)
+    study.tell(queued, 2.0)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]

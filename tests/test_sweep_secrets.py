@@ -12,6 +12,7 @@ from sweeper import secrets
     ("http://mlflow-host:5000", "http://mlflow-host:5000"),  # a port is not a password
     ("sqlite:////tmp/optuna.db", "sqlite:////tmp/optuna.db"),
     ("postgresql://user@dbhost/optuna", "postgresql://user@dbhost/optuna"),  # password in ~/.pgpass
+    ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),  # a password without a user name
 ])
 def test_mask_url(text, masked):
     assert secrets.mask_url(text) == masked

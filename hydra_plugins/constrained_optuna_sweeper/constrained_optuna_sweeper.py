@@ -33,7 +33,7 @@ class ConstrainedOptunaSweeperConf(OptunaSweeperConf):
     preview: bool = False
     max_proposals_per_trial: int = 50   # over budget / invalid / repeats in a row before the sweep gives up
     heartbeat_interval: int = 10        # seconds between heartbeats of every trial this worker holds
-    grace_period: int = 60              # a trial silent this long is taken as dead and proposed again
+    grace_period: int = 60              # a trial silent this long is taken as dead and proposed again (> heartbeat_interval)
     objective_names: Any = None         # names for the summary and plots, e.g. [val_acc, num_params]
 
 
