@@ -50,6 +50,26 @@ def test_parts_round_trip_and_a_damaged_part_is_named(tmp_path):
         gpu_parts.unpack(tmp_path / "parts", tmp_path / "again")
 
 
+def test_a_missing_part_on_the_last_call_is_reported_in_out(tmp_path):
+    """The machine was given back between calls, so the parts earlier calls carried are gone: gpu_eval.sh stops at
+    unpacking, and since $OUT is all a call returns, the error (which part, what to rerun) must be there."""
+    data = tmp_path / "src" / gpu_parts.DATA_FOLDER
+    data.mkdir(parents=True)
+    for i in range(2):
+        (data / f"data_batch_{i}").write_bytes(os.urandom(50_000))
+    gpu_parts.pack(tmp_path / "src", None, tmp_path / "parts", part_mib=0.05, preset=1)
+    (tmp_path / "parts" / "part-1").unlink()
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, GPU_EVAL_PARTS=str(tmp_path / "parts"), OUT=str(out))
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh")], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    log = (out / "gpu_eval.log").read_text()
+    assert "part-1: not here yet" in log and "part-2: ok" in log and "carry part-1 again" in log
+    details = json.loads((out / "summary.json").read_text())["details"]
+    assert details["complete"] is False and "part-1: not here yet" in details["steps"]["setup"]["error"]
+
+
 def run_gpu_eval(args, timeout=300):
     """scripts/gpu_eval.py itself (its own clock: no GPU_EVAL_STARTED); (result, wall seconds)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
