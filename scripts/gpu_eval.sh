@@ -14,31 +14,53 @@ export GPU_EVAL_STARTED=${GPU_EVAL_STARTED:-$(date +%s)}
 export PYTHONUNBUFFERED=1
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 PARTS=${GPU_EVAL_PARTS:-.gpu_eval/parts}  # where the carried parts are
-smoke=0; preflight=0
+smoke=0; preflight=0; out_dir=${OUT:-}; previous=
 for arg in "$@"; do
   [ "$arg" = --smoke ] && smoke=1
   [ "$arg" = --preflight ] && preflight=1
+  [ "$previous" = --out ] && out_dir=$arg
+  case "$arg" in --out=*) out_dir=${arg#--out=};; esac
+  previous=$arg
 done
-if [ "$preflight" = 1 ]; then  # the first call: the wheels from part-1 alone (they come first in the parts)
-  if [ -f "$PARTS/manifest.json" ]; then "$PY" scripts/gpu_parts.py wheels --parts "$PARTS" --into .gpu_eval; fi
-elif [ -f "$PARTS/manifest.json" ] && [ "$smoke" = 0 ]; then
-  "$PY" scripts/gpu_parts.py unpack --parts "$PARTS" --into .gpu_eval
-elif [ "$smoke" = 0 ] && [ ! -d .gpu_eval/data/cifar-10-batches-py ] && [ -z "${CIFAR10_ROOT:-}" ]; then
-  echo "error: no parts in $PARTS and no CIFAR-10 in .gpu_eval/data: run scripts/prepare_gpu_eval.sh here and carry the parts (README \"On a GPU\")" >&2
+out_dir=${out_dir:-gpu_eval_out}  # gpu_eval.py's own default
+# A failure before scripts/gpu_eval.py starts (it writes its own log and summary) goes into the output folder
+# too: on the GPU machine that folder is all a call returns, so an error printed only to the terminal of a
+# call that ends there is lost with everything else. gpu_eval.log gets the message, summary.json the same
+# shape as a run's (details.complete false, the failed step "setup").
+fail() {
+  echo "$1" >&2
+  mkdir -p "$out_dir" && printf '%s\n' "$1" >> "$out_dir/gpu_eval.log"
+  "$PY" -c 'import json, sys
+folder, message = sys.argv[1], sys.argv[2]
+with open(folder + "/summary.json", "w") as f:
+    f.write(json.dumps({"details": {"complete": False, "steps": {"setup": {"status": "failed", "error": message}}}},
+                       indent=1) + "\n")' "$out_dir" "$1" || true
   exit 2
+}
+if [ "$preflight" = 1 ]; then  # the first call: the wheels from part-1 alone (they come first in the parts)
+  if [ -f "$PARTS/manifest.json" ]; then
+    if ! said=$("$PY" scripts/gpu_parts.py wheels --parts "$PARTS" --into .gpu_eval 2>&1); then fail "$said"; fi
+    echo "$said"
+  fi
+elif [ -f "$PARTS/manifest.json" ] && [ "$smoke" = 0 ]; then
+  if ! said=$("$PY" scripts/gpu_parts.py unpack --parts "$PARTS" --into .gpu_eval 2>&1); then fail "$said"; fi
+  echo "$said"
+elif [ "$smoke" = 0 ] && [ ! -d .gpu_eval/data/cifar-10-batches-py ] && [ -z "${CIFAR10_ROOT:-}" ]; then
+  fail "error: no parts in $PARTS and no CIFAR-10 in .gpu_eval/data: run scripts/prepare_gpu_eval.sh here and carry the parts (README \"On a GPU\")"
 fi
 # Installed by an earlier call on this (still warm) machine? Then use that.
 if [ -d /tmp/gpu_eval_site ]; then export PYTHONPATH=/tmp/gpu_eval_site${PYTHONPATH:+:$PYTHONPATH}; fi
 if ! "$PY" -c "import hydra, omegaconf, optuna, mlflow, sqlalchemy, alembic" 2>/dev/null; then
   if compgen -G ".gpu_eval/wheels/*.whl" >/dev/null; then
     started=$(date +%s)
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_eval_site \
-      .gpu_eval/wheels/*.whl
+    if ! said=$("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+                --target /tmp/gpu_eval_site .gpu_eval/wheels/*.whl 2>&1); then
+      fail "error: installing the carried wheels failed: $said"
+    fi
     case ":${PYTHONPATH:-}:" in *:/tmp/gpu_eval_site:*) ;; *) export PYTHONPATH=/tmp/gpu_eval_site${PYTHONPATH:+:$PYTHONPATH};; esac
     echo "installed $(ls .gpu_eval/wheels/*.whl | wc -l) wheels into /tmp/gpu_eval_site in $(( $(date +%s) - started )) s"
   else
-    echo "error: $PY lacks hydra/omegaconf/optuna/mlflow/sqlalchemy/alembic and .gpu_eval/wheels has no wheels: run scripts/prepare_gpu_eval.sh here and carry the parts" >&2
-    exit 2
+    fail "error: $PY lacks hydra/omegaconf/optuna/mlflow/sqlalchemy/alembic and .gpu_eval/wheels has no wheels: run scripts/prepare_gpu_eval.sh here and carry the parts"
   fi
 fi
 exec "$PY" scripts/gpu_eval.py "$@"

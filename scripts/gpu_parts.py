@@ -145,7 +145,12 @@ def unpack(parts, into):
     """Verify every part, then extract data/ and wheels/ under `into`. Returns the manifest."""
     ok, lines = check(parts)
     if not ok:
-        raise SystemExit("error: the parts are not all here and intact:\n  " + "\n  ".join(lines))
+        bad = [line.split(":")[0] for line in lines if not line.endswith(")") or "DAMAGED" in line]
+        # The usual cause: the machine was given back between calls (a fresh one has only this call's part).
+        raise SystemExit("error: the parts are not all here and intact:\n  " + "\n  ".join(lines) + "\n"
+                         f"A part is gone when the machine was given back between calls (the device tool's status: "
+                         f"warm false) or never carried: carry {', '.join(bad)} again, one call each "
+                         f"(command: python3 scripts/gpu_parts.py check), back to back, then this call again.")
     manifest = json.loads((Path(parts) / MANIFEST).read_text())
     reader = io.BufferedReader(PartReader(Path(parts) / p["name"] for p in manifest["parts"]), 1 << 20)
     with lzma.open(reader, "rb") as packed, tarfile.open(fileobj=packed, mode="r|") as tar:

@@ -2,8 +2,8 @@
 # Run here (where PyPI is reachable) before a GPU call: downloads the wheels of scripts/gpu_eval_wheels.txt
 # for the GPU machine (CPython 3.12, manylinux x86-64) into .gpu_eval/wheels, packs them with CIFAR-10
 # (CIFAR10_ROOT, default ../shared/cifar10) into xz parts under .gpu_eval/parts (ignored by git), each small
-# enough that it and the checkout's tracked files fit in one 64 MiB call, and prints the calls that carry
-# them. Takes ~3 minutes (xz). README "On a GPU".
+# enough that it and the checkout's tracked and untracked (not ignored) files fit in one 64 MiB call, and
+# prints the calls that carry them. Takes ~3 minutes (xz). README "On a GPU".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
@@ -16,10 +16,17 @@ rm -f .gpu_eval/wheels/*.whl
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
   -d .gpu_eval/wheels -r scripts/gpu_eval_wheels.txt
 echo "$(ls .gpu_eval/wheels/*.whl | wc -l) wheels, $(du -sm .gpu_eval/wheels | cut -f1) MB"
-# What every call carries besides its part: the tracked files (committed weights included) and the manifest.
-tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
-part_mib=$("$PY" -c "print(round(min(59.0, 63.5 - $tracked / 2**20 - 0.5), 1))")
-echo "tracked files: $((tracked / 1024)) KiB -> parts of at most $part_mib MiB"
+# What every call carries besides its part and the manifest: the working tree's tracked files (committed weights
+# included) and its untracked files that git does not ignore (they travel with each call too, e.g. a results
+# file not committed yet). Summed in Python: `xargs du -c | tail -1` gives only the last batch's total when xargs
+# splits a long list, and a tracked file deleted from the tree would make du fail under pipefail.
+carried=$("$PY" -c '
+import os, subprocess
+names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                       capture_output=True, check=True).stdout.split(b"\0")
+print(sum(os.path.getsize(n) for n in set(names) if n and os.path.isfile(n)))')
+part_mib=$("$PY" -c "print(round(min(59.0, 63.5 - $carried / 2**20 - 0.5), 1))")
+echo "tracked and untracked (not ignored) files: $((carried / 1024)) KiB -> parts of at most $part_mib MiB"
 "$PY" scripts/gpu_parts.py pack --data "$DATA" --wheels .gpu_eval/wheels --out .gpu_eval/parts --part-mib "$part_mib"
 n=$(ls .gpu_eval/parts/part-* | wc -l)
 echo

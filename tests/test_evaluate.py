@@ -32,8 +32,9 @@ def trained(tmp_path_factory, cifar_root):
 
 
 def test_saved_weights_are_fp16_and_their_accuracy_is_recorded(trained):
-    weights, records, _, _ = trained
-    state = torch.load(weights, weights_only=True)
+    weights, records, overrides, _ = trained
+    stored = torch.load(weights, weights_only=True)
+    state = stored["state_dict"]
     floats = [v for v in state.values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)
     assert any(k.endswith("num_batches_tracked") and v.dtype == torch.int64 for k, v in state.items())
@@ -41,13 +42,50 @@ def test_saved_weights_are_fp16_and_their_accuracy_is_recorded(trained):
     assert final["kind"] == "final" and final["weights_bytes"] == weights.stat().st_size
     assert final["stored_test_acc"] > 0.3 and abs(final["stored_test_acc"] - final["test_acc"]) < 0.05
     assert not (weights.parent / "tiny.pt.tmp").exists()
+    # the normalisation the model was trained with, exactly (fp32 values as Python floats): the training split's
+    from data import make_loaders
+    loader = make_loaders(compose_cfg(overrides), torch.device("cpu"), False)[0]
+    assert stored["normalize_mean"] == loader.mean.tolist() and stored["normalize_std"] == loader.std.tolist()
+    assert stored["model"] == "tiny" and stored["num_classes"] == 10
+
+
+def evaluate_args(weights, overrides, *extra):
+    return ["task=evaluate", f"evaluate.weights={weights}",
+            *[o for o in overrides if not o.startswith(("trainer.save_weights", "trainer.epochs"))], *extra]
+
+
+@pytest.mark.parametrize("split", ["another validation split", "an old weights file without its normalisation"])
+def test_evaluate_normalises_as_training_did_whatever_the_split_overrides(split, trained, train_env, tmp_path):
+    """The weights file carries the training split's mean/std: evaluating with another data.val_size (whose training
+    split has other statistics) gives the stored accuracy. A file written before it carried them still works,
+    normalising from the config's training split as before (so it needs the run's split settings)."""
+    weights, records, overrides, _ = trained
+    extra = ["data.val_size=450"] if split == "another validation split" else []
+    if split != "another validation split":
+        old = tmp_path / "old.pt"
+        torch.save(torch.load(weights, weights_only=True)["state_dict"], old)
+        weights = old
+    result = run_train(evaluate_args(weights, overrides, *extra), train_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"test_acc={records[-1]['stored_test_acc']:.4f}"
+    assert ("normalisation stored with the weights" if extra else "normalisation from the training split") \
+        in result.stdout
+
+
+def test_evaluate_refuses_a_normalisation_that_disagrees_with_the_stored_one(trained, train_env, tmp_path):
+    weights, _, overrides, _ = trained
+    train_env["CIFAR10_ROOT"] = str(tmp_path / "no-data-here")  # refused before any data
+    result = run_train(evaluate_args(weights, overrides, "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]"),
+                       train_env, tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: evaluate.weights={weights}: trained with data.mean=[") and "Traceback" not in \
+        result.stderr and "data.mean=[0.5, 0.5, 0.5]" in last
 
 
 def test_evaluate_prints_the_stored_accuracy_as_its_last_line(trained, train_env, tmp_path):
     weights, records, overrides, store = trained
-    args = ["task=evaluate", f"evaluate.weights={weights}",
-            *[o for o in overrides if not o.startswith(("trainer.save_weights", "trainer.epochs"))]]
-    result = run_train(args, train_env, tmp_path)
+    result = run_train(evaluate_args(weights, overrides), train_env, tmp_path)
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"test_acc=0\.\d{4}", last), last

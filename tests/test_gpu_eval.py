@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,92 @@ def test_parts_round_trip_and_a_damaged_part_is_named(tmp_path):
         gpu_parts.unpack(tmp_path / "parts", tmp_path / "again")
 
 
+def test_a_missing_part_on_the_last_call_is_reported_in_out(tmp_path):
+    """The machine was given back between calls, so the parts earlier calls carried are gone: gpu_eval.sh stops at
+    unpacking, and since $OUT is all a call returns, the error (which part, what to rerun) must be there."""
+    data = tmp_path / "src" / gpu_parts.DATA_FOLDER
+    data.mkdir(parents=True)
+    for i in range(2):
+        (data / f"data_batch_{i}").write_bytes(os.urandom(50_000))
+    gpu_parts.pack(tmp_path / "src", None, tmp_path / "parts", part_mib=0.05, preset=1)
+    (tmp_path / "parts" / "part-1").unlink()
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, GPU_EVAL_PARTS=str(tmp_path / "parts"), OUT=str(out))
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh")], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    log = (out / "gpu_eval.log").read_text()
+    assert "part-1: not here yet" in log and "part-2: ok" in log and "carry part-1 again" in log
+    details = json.loads((out / "summary.json").read_text())["details"]
+    assert details["complete"] is False and "part-1: not here yet" in details["steps"]["setup"]["error"]
+
+
+def run_gpu_eval(args, timeout=300):
+    """scripts/gpu_eval.py itself (its own clock: no GPU_EVAL_STARTED); (result, wall seconds)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("GPU_EVAL_STARTED", None)
+    started = time.time()
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_eval.py"), *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    return result, time.time() - started
+
+
+def test_a_failed_step_still_leaves_a_summary_that_records_it(tmp_path):
+    """The data step raises (no CIFAR-10 where --data points): summary.json and summary.md are there anyway,
+    naming the step and its error, and the run is not called complete."""
+    out = tmp_path / "out"
+    result, _ = run_gpu_eval(["--data", str(tmp_path / "nothing"), "--out", str(out), "--results", str(tmp_path / "r")])
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    details = json.loads((out / "summary.json").read_text())["details"]
+    assert details["complete"] is False and details["steps"]["data"]["status"] == "failed"
+    assert "lacks data_batch_1" in details["steps"]["data"]["error"]
+    assert "data failed" in (out / "summary.md").read_text() and (out / "gpu_eval.log").is_file()
+
+
+def test_a_deadline_stops_the_step_and_the_summary_says_so(tmp_path):
+    """--budget 45: every step must end by 45 - 25 (the reserve) = 20 s; the throughput step (about half a minute
+    here) starts and is stopped at its deadline (a fifth of the budget), the later ones are skipped or stopped,
+    and the run ends within its budget with all that recorded."""
+    out = tmp_path / "out"
+    result, _ = run_gpu_eval(["--smoke", "--budget", "45", "--out", str(out)])
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    details = json.loads((out / "summary.json").read_text())["details"]
+    steps = details["steps"]
+    assert steps["data"]["status"] == "ok" and steps["throughput"]["status"] == "stopped at its deadline", steps
+    # the sweep's slot ending it is its plan ("ok", stopped_at_slot_end); the final runs find no time left
+    assert steps["sweep"]["status"] == "ok" or steps["sweep"]["status"].startswith("skipped"), steps
+    assert all(steps[name]["status"].startswith(("skipped", "stopped at its deadline"))
+               for name in ("best", "paper_final")), steps
+    assert details["complete"] is False and details["budget_s"] == 45 and details["total_seconds"] <= 45
+    assert "throughput stopped at its deadline" in (out / "summary.md").read_text()
+    assert (out / "mlflow_store.tar.gz").is_file()
+
+
+def test_preflight_exits_0_when_the_graph_is_captured_but_not_faster():
+    """'off: no gain' is not a setup failure (the runs just train eagerly); a capture that failed is."""
+    import gpu_eval
+    assert gpu_eval.preflight_verdict("on: step 9.0 ms replayed vs 30.0 ms eager (3.33x), capture 1.2 s")[0] == 0
+    code, line = gpu_eval.preflight_verdict("off: no gain: step 10.0 ms replayed vs 10.1 ms eager (1.01x), capture 1 s")
+    assert code == 0 and "train eagerly" in line
+    code, line = gpu_eval.preflight_verdict("off: capture failed: RuntimeError: operation not permitted")
+    assert code == 1 and "capture failed: RuntimeError: operation not permitted" in line
+    assert gpu_eval.preflight_verdict("pending")[0] == 1
+
+
+def test_planning_the_second_run_from_the_first_ones_epochs():
+    """The first run's real seconds per epoch against its probe give the factor the second run is planned with."""
+    import gpu_eval
+    plan = gpu_eval.plan_from_measured([5.0, 4.0, 4.0, 4.0], n_train=50_000, rate=20_000)  # 4.25 s vs 2.5 s probed
+    assert plan["factor"] == pytest.approx(1.7) and plan["fixed_s"] == 0
+    epochs, epoch_s = gpu_eval.plan_epochs(100.0, 50_000, 25_000, plan)
+    assert epoch_s == pytest.approx(3.4) and epochs == 29
+    # the first run's default plan: the H100 log's 1.53x probe-to-epoch ratio, rounded up
+    epochs, epoch_s = gpu_eval.plan_epochs(100.0, 50_000, 25_000, {"factor": gpu_eval.EPOCH_FACTOR,
+                                                                   "fixed_s": gpu_eval.EPOCH_FIXED_S})
+    assert epoch_s == pytest.approx(1.6 * 2 + 0.5) and epochs == 27
+
+
 def test_preflight_on_the_cpu(tmp_path):
     """The first device call's check, here without a GPU: the packages work; the capture is left for CUDA."""
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", GPU_EVAL_PARTS=str(tmp_path / "no-parts"))
@@ -73,6 +160,8 @@ def test_gpu_smoke_runs_the_whole_path_and_evaluate_reproduces_it(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     details = summary["details"]
+    assert details["complete"] and all(step["status"] == "ok" for step in details["steps"].values())
+    assert list(details["steps"]) == ["data", "throughput", "sweep", "best", "paper_final"]
     assert details["environment"]["mlflow"] and details["environment"]["optuna"]  # the real packages
     assert {r["variant"] for r in details["throughput"]} >= {"fp32", "bf16+channels_last+fused+graphs"}
     assert {r["stem"] for r in details["throughput"]} == {"conv5x5", "conv3x3"}

@@ -28,6 +28,11 @@ class Rehearsal:
         yield
 
     def capture(self, body):
+        if self.fail == "chained":  # what torch.cuda.graph does: the op refuses, then ending the capture raises too
+            try:
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing (cudaStreamSynchronize)")
+            finally:
+                raise RuntimeError("Capture invalidated: operation failed due to a previous error during capture")
         if self.fail:
             raise RuntimeError("operation not permitted when stream is capturing")
         self.body = body
@@ -133,6 +138,17 @@ def test_falls_back_to_eager_and_says_why(case, reason):
     else:
         assert run(graphed, data) == pytest.approx(run(eager, data), abs=1e-6)  # no step lost, none repeated
     assert graphed[4].mode == "eager" and reason in graphed[4].report["cuda_graphs"]
+
+
+def test_a_failed_capture_names_the_operation_that_refused_not_the_invalidated_capture():
+    """torch.cuda.graph's exit raises "Capture invalidated" while the refusing operation's error is being handled:
+    the report must name that operation (the chain's first error), which is what tells what to fix."""
+    graphed = trainer(graphed=dict(setting=True, capture=Rehearsal(fail="chained")))
+    run(graphed, batches(6))
+    reason = graphed[4].report["cuda_graphs"]
+    assert graphed[4].mode == "eager" and reason.startswith("off: capture failed: RuntimeError: CUDA error: operation "
+                                                            "not permitted when stream is capturing (cudaStreamSynchronize)")
+    assert "Capture invalidated" in reason  # the outer error is kept, after it
 
 
 def test_a_batch_of_another_shape_runs_eagerly_and_the_graph_stays():

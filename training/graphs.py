@@ -66,6 +66,29 @@ class CudaCapture:
         self.graph = None
 
 
+def _line(err, width):
+    text = str(err).splitlines()[0][:width] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def refusal(err):
+    """What refused the capture, in one line. torch.cuda.graph ends the capture on its way out, and when an
+    operation inside refused to be captured, ending it raises again ("Capture invalidated ...") while the first
+    error is being handled; the error that arrives here is then that second one, and the operation's own error
+    (the one that says what to change) is at the start of its chain (__cause__ / __context__). So: the chain's
+    first error, then the one that arrived."""
+    chain, seen = [err], {id(err)}
+    while True:
+        inner = chain[-1].__cause__ or chain[-1].__context__
+        if inner is None or id(inner) in seen:
+            break
+        chain.append(inner)
+        seen.add(id(inner))
+    if len(chain) == 1:
+        return _line(err, 200)
+    return f"{_line(chain[-1], 200)} (then {_line(err, 120)})"
+
+
 class GraphedStep:
     """Wraps an engine.TrainStep: the same call, `step(x, y)`, served by a captured graph once it is ready."""
 
@@ -152,7 +175,7 @@ class GraphedStep:
             self.capturer.capture(lambda: self.step.graph_body(*self.static))
         except Exception as err:  # noqa: BLE001 - whatever refuses capture: train on eagerly and say why
             self.capturer.release()
-            self._eager(f"capture failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+            self._eager(f"capture failed: {refusal(err)}")
             return self.step(*self.static)  # capturing ran nothing: the batch is trained eagerly, no step lost
         self.capturer.synchronize()
         self.capture_s = time.perf_counter() - started

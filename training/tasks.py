@@ -1,11 +1,12 @@
 """What a job does, by `task=`: train (the default), the LR range test, or evaluate a weights file. Each
 starts from a config the gate has passed (training/gate.py) and returns the job's result."""
+import copy
 import os
 import tempfile
 import time
 from dataclasses import replace
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from data import make_loaders
 from models import build_model
@@ -15,7 +16,7 @@ from training.engine import Learner
 from training.run_context import RunContext
 from training.runtime import Runtime
 from training.tracking import RECORDS_FILE, Tracker, masked_config
-from training.weights import evaluate_exactly, load_into, read_weights, save_weights
+from training.weights import evaluate_exactly, load_into, read_weights, save_weights, stored_normalization
 
 
 def output_dir():
@@ -124,9 +125,12 @@ def store_weights(cfg, model, runtime, test_loader):
     """trainer.save_weights: write the evaluated weights in fp16, then measure the file as task=evaluate would."""
     from hydra.utils import to_absolute_path
     path = to_absolute_path(str(cfg.trainer.save_weights))
-    size = save_weights(model, path)
-    stored = runtime.prepare(load_into(build_model(cfg), read_weights(path, "trainer.save_weights"), path,
-                                       "trainer.save_weights"))
+    # The normalisation the model was trained with (every loader of a run shares the training split's), so
+    # that task=evaluate normalises the same way whatever split overrides it is given.
+    size = save_weights(model, path, normalize_mean=test_loader.mean.tolist(), normalize_std=test_loader.std.tolist(),
+                        model=str(cfg.model.name), num_classes=int(cfg.data.num_classes), dataset=str(cfg.data.name))
+    state, _ = read_weights(path, "trainer.save_weights")
+    stored = runtime.prepare(load_into(build_model(cfg), state, path, "trainer.save_weights"))
     _, stored_acc = evaluate_exactly(stored, test_loader, cfg.trainer.tta)
     print(f"weights: {path} ({size / 1e6:.2f} MB, fp16) | test acc of the stored weights (fp32, TF32 off) "
           f"{100 * stored_acc:.2f}%", flush=True)
@@ -138,16 +142,28 @@ def evaluate(cfg, report):
     with the config's trainer.tta, in fp32 with TF32 off on whatever device there is. The weights are read and
     fitted before any data; the last line printed is exactly `test_acc=0.XXXX`. It opens no MLflow run: it
     is a read-only re-check that must run anywhere, and it would otherwise add a run to the store whose
-    numbers it checks."""
+    numbers it checks. The input normalisation is the one stored in the weights file (the training split's
+    statistics): data.val_size/data.subset then change nothing; an older file without it normalises from the
+    config's training split, as before."""
     from hydra.utils import to_absolute_path
     path = to_absolute_path(str(cfg.evaluate.weights))
-    model = load_into(build_model(cfg), read_weights(path), path)
+    state, meta = read_weights(path)
+    model = load_into(build_model(cfg), state, path)
+    mean, std = stored_normalization(meta, cfg.data, path)
+    if mean is not None:
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            cfg.data.mean, cfg.data.std = mean, std
+        source = "normalisation stored with the weights"
+    else:
+        source = ("normalisation data.mean/data.std" if cfg.data.mean is not None else
+                  "normalisation from the training split (a weights file without it: the run's split settings apply)")
     runtime = replace(Runtime.from_config(cfg.trainer), precision="fp32").setup(cfg.trainer.seed)
     model = runtime.prepare(model)
     _, _, test_loader = make_loaders(cfg, runtime.device, runtime.channels_last)
     _, test_acc = evaluate_exactly(model, test_loader, cfg.trainer.tta)
     print(f"{cfg.model.name}: {report.total:,} parameters | weights {path} | {len(test_loader.images):,} test images, "
-          f"tta {cfg.trainer.tta} | {runtime.device} fp32", flush=True)
+          f"tta {cfg.trainer.tta} | {source} | {runtime.device} fp32", flush=True)
     print(f"test_acc={test_acc:.4f}", flush=True)
     return test_acc
 

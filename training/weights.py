@@ -6,6 +6,13 @@ as a state_dict with every floating tensor in fp16 (half the size: the final mod
 model the config describes and measures the test set with `evaluate_exactly`: fp32 with TF32 off, so a
 GPU and a CPU give the same accuracy to within a few images. Training measures the stored file the same
 way right after writing it (metric `stored_test_acc`), so the number it reports is the file's.
+
+The file is `{"state_dict": ..., "normalize_mean": [3 floats], "normalize_std": [3 floats], "model": name,
+"num_classes": n, "dataset": name}`: the input normalisation is part of what the weights were trained for,
+and it is computed from the training split (data.val_size, data.subset, data.split_seed), so without it in
+the file a re-check with other split overrides would quietly normalise differently and report another
+accuracy. The values are the fp32 statistics as Python floats, so they come back bit for bit. A file
+written before this (a bare state_dict) still loads; its normalisation then comes from the config.
 """
 import contextlib
 import os
@@ -17,15 +24,17 @@ from errors import CheckpointError
 from training.engine import evaluate
 
 
-def save_weights(model, path):
-    """The model's state_dict, floating tensors in fp16, written to a temp file and renamed over `path`."""
+def save_weights(module, path, **meta):
+    """The model's state_dict, floating tensors in fp16, with `meta` (normalize_mean, normalize_std, ...: plain
+    numbers and strings, what torch.load's weights_only accepts) beside it, written to a temp file and renamed
+    over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: (value.detach().to("cpu", torch.float16) if value.is_floating_point() else value.detach().cpu())
-             for key, value in model.state_dict().items()}
+             for key, value in module.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save({"state_dict": state, **meta}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -44,7 +53,8 @@ def check_weights_file(setting, key="evaluate.weights"):
 
 
 def read_weights(path, key="evaluate.weights"):
-    """The state_dict in `path`; CheckpointError (one line) if it is not there or not a state_dict."""
+    """(state_dict, meta) from `path` (meta {} for a file that is a bare state_dict, as written before the
+    normalisation was stored); CheckpointError (one line) if it is not there or holds no state_dict."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{key}={path}: no such file (trainer.save_weights=<path> writes one)")
@@ -54,10 +64,34 @@ def read_weights(path, key="evaluate.weights"):
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{key}={path}: cannot be read as a state_dict ({type(err).__name__}: {first[:200]})") \
             from None
+    meta = {}
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        meta = {k: v for k, v in state.items() if k != "state_dict"}
+        state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{key}={path}: holds a {type(state).__name__}, not a state_dict of tensors "
                               f"(trainer.save_weights writes one)")
-    return state
+    return state, meta
+
+
+def stored_normalization(meta, data_cfg, path, key="evaluate.weights"):
+    """(mean, std) to evaluate with: the file's when it has them (None, None for an older file: the config's
+    data.mean/std or the training split's, as training would). A config that gives data.mean/std other than the
+    stored ones is refused in one line: the weights were trained for the stored ones."""
+    mean, std = meta.get("normalize_mean"), meta.get("normalize_std")
+    if mean is None or std is None:
+        return None, None
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    given = data_cfg.get("mean"), data_cfg.get("std")
+    if given[0] is not None and given[1] is not None:
+        def differs(a, b):
+            return any(abs(float(x) - y) > 1e-6 for x, y in zip(a, b))
+        if differs(given[0], mean) or differs(given[1], std):
+            show = lambda values: "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"  # noqa: E731
+            raise CheckpointError(f"{key}={path}: trained with data.mean={show(mean)} data.std={show(std)} (stored "
+                                  f"in the file), not data.mean={show(given[0])} data.std={show(given[1])}: leave "
+                                  f"data.mean/data.std unset to use the stored ones")
+    return mean, std
 
 
 def load_into(model, state, path, key="evaluate.weights"):
