@@ -110,6 +110,10 @@ class ConstrainedSweep:
         except (UsageError, SweepError) as err:
             print(f"error: {secrets.mask_url(str(err))}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted: the trials in flight are recorded FAIL (user attr interrupted) and their MLflow runs "
+                  "KILLED; the trained ones are kept. Run the same command again to go on.", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None  # the shell's code for Ctrl-C
 
     def _sweep(self, arguments):
         self.check_heartbeat_settings()
@@ -133,6 +137,10 @@ class ConstrainedSweep:
                                self.hydra_context) if self.devices else None
         try:
             self.run(self.open_study(sampler))
+        except KeyboardInterrupt:
+            if self.pool:
+                self.pool.interrupt()  # its trials end KILLED now, instead of holding the exit until they finish
+            raise
         finally:
             if self.pool:
                 self.pool.shutdown(wait=False)  # they exit in the background (the interpreter joins them)
@@ -156,6 +164,8 @@ class ConstrainedSweep:
         try:
             self.loop(study)
         except BaseException as err:
+            if isinstance(err, KeyboardInterrupt):
+                self.close_held(study)
             self.tracking.finish(self.parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
         finally:
@@ -485,6 +495,21 @@ class ConstrainedSweep:
                 return
             if left <= 0 or self.waiting_for_others:
                 time.sleep(poll)  # other workers' trials are in flight: one may fail and free its slot
+
+    def close_held(self, study):
+        """Ctrl-C: the trials this process holds will never report. Record them FAIL (user attr `interrupted`)
+        now, so that a re-run proposes their configurations again at once instead of first waiting
+        grace_period for their heartbeats to go stale (the summary then marks their MLflow runs KILLED)."""
+        with self.heartbeats.lock:
+            held = dict(self.heartbeats.held)
+        for trial_id, number in held.items():
+            try:
+                self.storage.set_trial_user_attr(trial_id, "interrupted", True)
+            except Exception:  # noqa: BLE001 - closed by another process meanwhile: its verdict stands
+                continue
+            if number is not None and tell(study, number, state=TrialState.FAIL):
+                log.info(f"  trial #{number}: interrupted, recorded FAIL")
+            self.heartbeats.release(trial_id)
 
     def fail_silent_trials(self):
         """Fail another worker's RUNNING trial that has had no heartbeat at all for grace_period.

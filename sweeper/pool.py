@@ -10,7 +10,9 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
@@ -67,6 +69,9 @@ _worker = {}
 
 def _start_worker(device, payload):
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before the task (and torch) can initialise CUDA
+    # Ctrl-C reaches the whole process group: a worker between trials ignores it (it exits when the sweeper
+    # shuts the pool down); a trial takes it as its own Ctrl-C (_run_trial), so its run ends KILLED.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
     task_function, hydra_context, singleton_state = pickle.loads(payload)
@@ -84,8 +89,21 @@ def _run_trial(sweep_config, environment):
     from hydra.core.utils import run_job
     os.environ.update(environment)  # what the sweeper shares with its jobs, set after this worker started
     HydraConfig.instance().set_config(sweep_config)
-    return run_job(hydra_context=_worker["hydra_context"], task_function=_worker["task_function"], config=sweep_config,
-                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run_job(hydra_context=_worker["hydra_context"], task_function=_worker["task_function"],
+                       config=sweep_config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    except BaseException as err:
+        # Hydra hands a KeyboardInterrupt (or SystemExit) that leaves run_job the job's JobReturn, which holds
+        # the exception again: pickling that cycle back to the sweeper recursed for over a minute of CPU
+        # (measured: a 2-slot sweep took 72 s to exit after Ctrl-C). Send back a fresh one of the same kind.
+        try:
+            fresh = type(err)(*err.args)
+        except Exception:  # noqa: BLE001 - an exception type with its own constructor
+            fresh = RuntimeError(f"{type(err).__name__}: {err}")
+        raise fresh from None
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --- in the sweeper --------------------------------------------------------------------------------
@@ -161,9 +179,25 @@ class DevicePool:
                 slot.restart()
                 finished.append((tag, _failed(RuntimeError(f"the worker process on device {slot.device} died "
                                                            f"during the trial ({err})"))))
+            except KeyboardInterrupt:  # the trial's own Ctrl-C (its worker alone was signalled): it failed
+                finished.append((tag, _failed(RuntimeError(f"interrupted on device {slot.device} (SIGINT)"))))
             except Exception as err:  # noqa: BLE001 - pickling or Hydra errors around the job: the trial failed
                 finished.append((tag, _failed(err)))
         return finished
+
+    def interrupt(self, grace=5.0):
+        """Ctrl-C reached the sweeper: the trials in its workers must end too (their runs KILLED), not hold its
+        exit until they finish. From a terminal the whole process group got the SIGINT already; a worker still
+        busy after `grace` seconds (the signal went to the sweeper alone: `kill -INT <pid>`) gets its own."""
+        self.shutdown(wait=False)
+        deadline = time.monotonic() + grace
+        for child in multiprocessing.active_children():
+            child.join(max(0.0, deadline - time.monotonic()))
+        for child in multiprocessing.active_children():
+            try:
+                os.kill(child.pid, signal.SIGINT)
+            except OSError:
+                pass  # it exited meanwhile
 
     def shutdown(self, wait=True):
         """Workers exit in the background with wait=False (torch's teardown takes seconds); the interpreter

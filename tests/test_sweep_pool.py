@@ -130,3 +130,41 @@ def test_an_empty_cuda_visible_devices_means_no_gpu(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"^hydra.sweeper.devices=auto: no GPU is visible \(CUDA_VISIBLE_DEVICES is "
                                          r"set and empty\)"):
         device_ids("auto")
+
+
+def test_ctrl_c_stops_the_pool_at_once_and_closes_its_trials(data, tmp_path):
+    """Ctrl-C reaches the whole process group. Before, each worker's trial ended KILLED but sending its
+    KeyboardInterrupt back (Hydra ties it to the job's JobReturn, which holds it again) recursed for over a
+    minute, and the sweep's trials stayed RUNNING until their heartbeats went stale, so a re-run first waited
+    grace_period for them. Now they are FAIL at once (an interrupted trial's configuration is proposed again)."""
+    import signal
+    import time
+    tracking = fresh_sqlite_store(tmp_path)
+    args = ["-m", "hydra/sweeper=optuna", "hydra/sweeper/search=empty", "hydra.sweeper.sampler.seed=0",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", "hydra.sweeper.study_name=pool",
+            f"hydra.sweep.dir={tmp_path}/multirun", "hydra.sweeper.devices=[0,1]", "trainer.batch_size=40",
+            f"mlflow.tracking_uri={tracking}", *data_overrides(data, per_file=40), "model=tiny",
+            "hydra/sweeper/pruner=none", "model.dropout=interval(0,0.3)", "hydra.sweeper.n_trials=2"]
+    log = open(tmp_path / "log.txt", "w+")
+    sweep = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "trainer.epochs=200"], cwd=tmp_path,
+                             env=train_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 180
+        while (tmp_path / "log.txt").read_text().count("mlflow run") < 2:  # both trials are training
+            assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()[-3000:]
+            time.sleep(0.5)
+        interrupted_at = time.monotonic()
+        os.killpg(sweep.pid, signal.SIGINT)
+        assert sweep.wait(timeout=60) == 130
+        assert time.monotonic() - interrupted_at < 20, "the exit waited for the workers"
+    finally:
+        if sweep.poll() is None:  # its own session: nothing else would stop it
+            os.killpg(sweep.pid, signal.SIGKILL)
+    output = (tmp_path / "log.txt").read_text()
+    assert "interrupted: the trials in flight are recorded FAIL" in output and "Traceback" not in output
+
+    study = optuna.load_study(study_name="pool", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [(t.state, t.user_attrs.get("interrupted")) for t in study.trials] == [(TrialState.FAIL, True)] * 2
+    children, [parent] = child_runs(tracking)
+    assert sorted(r.info.status for r in children + [parent]) == ["KILLED"] * 3
