@@ -103,8 +103,12 @@ def run_logged(command, log, deadline=None, env=None, grace=15.0):
     runs in its own session, so nothing else would stop it)."""
     log("$ " + " ".join(str(c) for c in command))
     started = time.time()
+    # SIGINT is the deadline's Ctrl-C: a process started in the background by a shell inherits it ignored (and
+    # Python then installs no KeyboardInterrupt), so the child gets it back (measured here: ignored, the
+    # sweep ran on to its SIGKILL 15 s later).
     process = subprocess.Popen([str(c) for c in command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stopped = False
 
     def watchdog():
