@@ -155,3 +155,20 @@ def test_onecycle_peaks_at_the_optimizers_scaled_lr(scale, batch, peak):
     explicit = compose_cfg(["scheduler=onecycle", "scheduler.max_lr=0.3", f"trainer.batch_size={batch}"])
     opt = build_optimizer(explicit, torch.nn.Linear(3, 2), "cpu")
     assert build_scheduler(explicit, opt, 10, 4).get_last_lr()[0] == pytest.approx(0.3 / 25)
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_ctrl_c_is_one_line_and_exit_130_unless_a_sweep_handles_it(monkeypatch, capsys, multirun):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(app, "run", interrupted)
+    monkeypatch.setattr(app, "in_multirun", lambda: multirun)
+    if multirun:  # the sweeper records its trials as interrupted and says so itself
+        with pytest.raises(KeyboardInterrupt):
+            app.main(None)
+        return
+    with pytest.raises(SystemExit) as caught:
+        app.main(None)
+    assert caught.value.code == 130
+    assert capsys.readouterr().err == ("interrupted: the MLflow run is KILLED; the checkpoint of the last finished epoch "
+                                       "is kept: run the same command with trainer.resume=true to go on\n")

@@ -5,7 +5,9 @@
   instead, for the sweeper to record the trial as failed;
 - a diverged run (errors.DivergedError) -> one line and exit code 1; in a sweep, the sweeper's
   Failed marker (a result of the trial: recorded FAIL, the sweep goes on, no crash counted);
-- a sweep trial stopped by its pruner -> returns the sweeper's Pruned marker, a normal end.
+- a sweep trial stopped by its pruner -> returns the sweeper's Pruned marker, a normal end;
+- Ctrl-C -> one line saying how to resume and exit code 130 (the run context has marked the run KILLED);
+  in a sweep it goes on to the sweeper.
 Everything else is a bug and keeps its traceback.
 """
 import sys
@@ -44,3 +46,9 @@ def main(cfg):
             raise  # the sweeper records the trial as failed and goes on
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if in_multirun():
+            raise  # the sweeper closes its trials and says so
+        print("interrupted: the MLflow run is KILLED; the checkpoint of the last finished epoch is kept: run the "
+              "same command with trainer.resume=true to go on", file=sys.stderr, flush=True)
+        sys.exit(130)  # the shell's code for Ctrl-C
