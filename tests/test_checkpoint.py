@@ -147,3 +147,18 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     assert checkpoint.checkpoint_path(plain) == checkpoint.checkpoint_path(
         compose_cfg(["model=tiny", "trainer.resume=true", "trainer.log_every=0"]))
     assert checkpoint.checkpoint_path(plain) != checkpoint.checkpoint_path(compose_cfg(["model=tiny", "trainer.seed=1"]))
+
+
+def test_a_checkpoint_from_another_store_is_refused_without_showing_its_password(tmp_path):
+    uri = "postgresql+psycopg://sweeper:s3cret@db.example/mlflow"
+    cfg = compose_cfg([f"trainer.checkpoint_dir={tmp_path}/ckpt", f"mlflow.tracking_uri={uri}"])
+    path = checkpoint.checkpoint_path(cfg)
+    checkpoint.save(path, {"config_key": checkpoint.config_key(cfg), "epoch": 1, "mlflow_run_id": "abc"})
+
+    class OtherStore:
+        def has_run(self, run_id):
+            return False
+
+    with pytest.raises(checkpoint.CheckpointError) as caught:
+        checkpoint.load(path, cfg, OtherStore())
+    assert "sweeper:***@db.example" in str(caught.value) and "s3cret" not in str(caught.value)

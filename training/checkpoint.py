@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from errors import CheckpointError
+from sweeper.secrets import mask_url
 
 FILE = "last.pt"
 # trainer keys that do not change the training itself, so they do not change the checkpoint's key.
@@ -101,7 +102,7 @@ def load(path: Path, cfg, tracker):
                               f"to another folder, or trainer.resume=false to start over")
     if not tracker.has_run(state["mlflow_run_id"]):
         raise CheckpointError(f"checkpoint {path} logs to MLflow run {state['mlflow_run_id']}, which "
-                              f"{cfg.mlflow.tracking_uri} does not have: use the store it was started with, "
+                              f"{mask_url(str(cfg.mlflow.tracking_uri))} does not have: use the store it was started with, "
                               f"or trainer.resume=false to start over")
     return state
 
