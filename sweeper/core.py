@@ -13,11 +13,14 @@ stopped (its worker was killed) is failed by `optuna.storages.fail_stale_trials`
 until then other workers count it as in flight and wait. A result for a trial that another process
 has already closed is logged, not raised.
 """
+import contextlib
 import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -477,24 +480,58 @@ class ConstrainedSweep:
         self.exhausted_space, self.started_at, self.crashes, self.ended = False, time.perf_counter(), [], 0
         self.stopped_by = None  # a SweepError from proposing: raised once the trials in flight are recorded
         self.waiting_for_others = False  # a finite space's last configurations are other workers' running trials
-        while True:
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once their heartbeat is stale
-            self.fail_silent_trials()                  # and those that never had a heartbeat
-            started = self.start_trials(study)
-            if self.pool:
-                results = self.pool.collect(timeout=poll)
-            else:
-                results = list(zip(started, self.launch(started))) if started else []
-            self.record_all(study, results)
-            if (self.pool and self.pool.busy()) or results:
-                continue
-            if self.stopped_by is not None:
-                raise self.stopped_by
-            left, running = self.remaining(study.get_trials(deepcopy=False))
-            if self.exhausted_space or (left <= 0 and running == 0):
-                return
-            if left <= 0 or self.waiting_for_others:
-                time.sleep(poll)  # other workers' trials are in flight: one may fail and free its slot
+        with self.interrupts_at_waits():
+            while True:
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once their heartbeat is stale
+                self.fail_silent_trials()                  # and those that never had a heartbeat
+                started = self.start_trials(study)
+                if self.pool:
+                    results = self.pool.collect(timeout=poll, wait_with=self.wait)
+                else:
+                    results = list(zip(started, self.launch(started))) if started else []
+                self.record_all(study, results)
+                if (self.pool and self.pool.busy()) or results:
+                    continue
+                if self.stopped_by is not None:
+                    raise self.stopped_by
+                left, running = self.remaining(study.get_trials(deepcopy=False))
+                if self.exhausted_space or (left <= 0 and running == 0):
+                    return
+                if left <= 0 or self.waiting_for_others:
+                    self.wait(time.sleep, poll)  # other workers' trials are in flight: one may fail and free its slot
+
+    @contextlib.contextmanager
+    def interrupts_at_waits(self):
+        """With a pool, this process only proposes, records and waits, so Ctrl-C is taken while it waits:
+        one that lands inside a storage call is held until the next wait. (Taken at once, it was once raised
+        in SQLAlchemy's connection-pool clean-up, which printed its own traceback before the sweep's line.)
+        With a launcher the trials run in this process and take Ctrl-C themselves, as they always did."""
+        self.waiting, self.interrupt_pending = False, False
+        if not self.pool or signal.getsignal(signal.SIGINT) is not signal.default_int_handler \
+                or threading.current_thread() is not threading.main_thread():
+            yield  # SIGINT ignored (a background job) or handled by someone else: left as it is
+            return
+
+        def on_sigint(signum, frame):
+            if self.waiting:
+                raise KeyboardInterrupt
+            self.interrupt_pending = True
+
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def wait(self, function, *args, **kwargs):
+        """Run a wait (the pool's wait for a trial to end, a sleep) as the one place a held Ctrl-C is raised."""
+        self.waiting = True
+        try:
+            if self.interrupt_pending:
+                raise KeyboardInterrupt
+            return function(*args, **kwargs)
+        finally:
+            self.waiting = False
 
     def close_held(self, study):
         """Ctrl-C: the trials this process holds will never report. Record them FAIL (user attr `interrupted`)

@@ -164,11 +164,12 @@ class DevicePool:
     def start(self, slot, sweep_config, tag, environment):
         self.running[slot.submit(sweep_config, environment)] = (slot, tag)
 
-    def collect(self, timeout):
-        """(tag, JobReturn) of the trials that ended within `timeout` seconds (at least one if any runs)."""
+    def collect(self, timeout, wait_with=None):
+        """(tag, JobReturn) of the trials that ended within `timeout` seconds (at least one if any runs).
+        `wait_with(function, *args, **kwargs)` runs the blocking wait (the sweeper takes Ctrl-C there only)."""
         if not self.running:
             return []
-        done, _ = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
+        done, _ = (wait_with or _call)(wait, list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
         finished = []
         for future in done:
             slot, tag = self.running.pop(future)
@@ -206,6 +207,10 @@ class DevicePool:
             with slot.lock:
                 if slot.executor is not None:
                     slot.executor.shutdown(wait=wait, cancel_futures=True)
+
+
+def _call(function, *args, **kwargs):
+    return function(*args, **kwargs)
 
 
 def _failed(err):

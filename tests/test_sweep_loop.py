@@ -261,3 +261,26 @@ def test_heartbeat_settings_that_cannot_work_are_one_error_line(settings, line, 
     with pytest.raises(SystemExit) as stopped:
         sweep.sweep([])
     assert stopped.value.code == 2 and capsys.readouterr().err.strip() == line
+
+
+def test_with_a_pool_ctrl_c_is_taken_at_a_wait_not_inside_a_storage_call():
+    """A SIGINT that lands while the sweeper talks to its storage is held until it next waits (raised inside
+    SQLAlchemy's connection clean-up, it printed SQLAlchemy's own traceback); one that lands in a wait is raised there."""
+    import os
+    import signal
+    from sweeper.core import ConstrainedSweep
+    sweep = SimpleNamespace(pool=object())
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with it ignored
+    try:
+        with ConstrainedSweep.interrupts_at_waits(sweep):
+            os.kill(os.getpid(), signal.SIGINT)  # "inside a storage call": not raised here
+            time.sleep(0.05)
+            assert sweep.interrupt_pending
+            with pytest.raises(KeyboardInterrupt):
+                ConstrainedSweep.wait(sweep, time.sleep, 0)
+            sweep.interrupt_pending = False
+            with pytest.raises(KeyboardInterrupt):  # during a wait: at once
+                ConstrainedSweep.wait(sweep, lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
