@@ -1,10 +1,9 @@
 """Per-epoch checkpoints: everything a killed run needs to go on exactly where it stopped.
 
-One file per run, `last.pt`, replaced after every epoch by writing a temporary file of its own
-(`last.pt.<random>.tmp`), syncing it to disk, renaming it over the old one (os.replace is atomic)
-and syncing the folder, so a process killed while writing leaves the previous checkpoint whole and
-a half-written file is never loaded. The temporary name is unique per save, so two runs of the same
-command at once (same folder) each rename a whole file of their own, never one the other wrote into.
+One file per run, `last.pt`, replaced after every epoch through training/files.py (a temporary file
+of its own per save, synced, renamed over the old one), so a process killed while writing leaves the
+previous checkpoint whole, a half-written file is never loaded, and two runs of the same command at
+once (same folder) each rename a whole file of their own, never one the other wrote into.
 
 Where: `trainer.checkpoint_dir`, or by default `checkpoints/<model>-<config key>` under the
 directory train.py was started from (a sweep trial: its Hydra job folder). The key is a hash of
@@ -15,7 +14,6 @@ timestamped output directory would not.
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from omegaconf import OmegaConf
 
 from errors import CheckpointError
 from sweeper.secrets import mask_url
+from training.files import save_atomically
 
 FILE = "last.pt"
 # trainer keys that do not change the training itself, so they do not change the checkpoint's key.
@@ -51,38 +50,7 @@ def checkpoint_path(cfg) -> Path:
 
 
 def save(path: Path, state: dict):
-    for attempt in range(2):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-            break
-        except FileNotFoundError:  # another run of this config finished and removed the folder just now
-            if attempt:
-                raise
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder):
-    """Make the rename itself durable (a power cut after os.replace could otherwise bring back the old name)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a folder; the rename is still atomic
-    finally:
-        os.close(fd)
+    save_atomically(state, path)
 
 
 def load(path: Path, cfg, tracker):

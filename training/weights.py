@@ -15,30 +15,22 @@ accuracy. The values are the fp32 statistics as Python floats, so they come back
 written before this (a bare state_dict) still loads; its normalisation then comes from the config.
 """
 import contextlib
-import os
 from pathlib import Path
 
 import torch
 
 from errors import CheckpointError
 from training.engine import evaluate
+from training.files import save_atomically
 
 
 def save_weights(module, path, **meta):
     """The model's state_dict, floating tensors in fp16, with `meta` (normalize_mean, normalize_std, ...: plain
     numbers and strings, what torch.load's weights_only accepts) beside it, written to a temp file and renamed
     over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: (value.detach().to("cpu", torch.float16) if value.is_floating_point() else value.detach().cpu())
              for key, value in module.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"state_dict": state, **meta}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path.stat().st_size
+    return save_atomically({"state_dict": state, **meta}, path)
 
 
 def check_weights_file(setting, key="evaluate.weights"):
