@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from benchmarks import budget_check, data_pipeline, train_step, trial_overhead
 from benchmarks.common import dataset_images, machine
 from data import DATASETS, get_dataset
+from training.files import write_text_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("budget", "data", "train", "graphs", "overhead")
@@ -50,6 +51,11 @@ def table(title, rows, columns):
     lines = [title, "  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(f"{r.get(c, '')}".rjust(w) for c, w in zip(columns, widths)) for r in rows]
     return "\n".join(lines)
+
+
+def write_json(path, results):
+    """The results so far, replacing the file whole (a temporary file renamed over it)."""
+    write_text_atomically(path, json.dumps(results, indent=2) + "\n")
 
 
 def main(argv=None):
@@ -130,6 +136,8 @@ def main(argv=None):
             rows += train_step.bench_gpu_switches(compose_cfg([*overrides, *data_overrides]), images, labels,
                                                   gpu["batch_size"], gpu["steps"], gpu["rounds"],
                                                   variants=variants, device=device)
+            results["gpu_graphs"] = rows
+            write_json(args.out, results)  # each model's rows as soon as they are measured: a run cut off keeps them
         results["gpu_graphs"] = rows
         out.append(table(f"CUDA graphs ({results['machine'].get('gpu', 'no GPU: ' + device)}): project loop, batch {gpu['batch_size']}; "
                          f"warm-up (incl. capture) apart", rows,
@@ -146,8 +154,7 @@ def main(argv=None):
         print(out[-1], flush=True)
 
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     print(f"\n{chr(10).join(out)}\n\nwrote {args.out}")
     return results
 

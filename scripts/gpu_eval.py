@@ -43,8 +43,14 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from gpu_data import describe_data, write_smoke_data  # noqa: E402  (scripts/ is this script's folder)
+from training.files import write_atomically, write_text_atomically  # noqa: E402
 
 STUDY = "gpu-eval-family"
+PREFLIGHT = "preflight.json"  # the first call's record (kept on the warm machine in --keep): the CUDA-graph decision
+# The graph check's bound: the largest relative difference of the per-step losses of 20 steps eager and graphed
+# from the same start. Float noise (kernels in another order under capture, bf16 autocast) stays well below it;
+# a step that is skipped, repeated or reads a stale value is off by 1e-2 or more within a few steps.
+MAX_GRAPH_DIFF = 1e-3
 EXPERIMENT = "gpu-eval"
 RECIPE = "recipe=short"
 # The sweep: the family space within 2 training GFLOP per image (the final model: 1.06; the sweeper's
@@ -142,14 +148,16 @@ def run_logged(command, log, deadline=None, env=None, grace=15.0):
     return process.returncode, time.time() - started, stopped
 
 
-def choose_trials_per_device(rows):
+def choose_trials_per_device(rows, graphs=None):
     """Trials at once on the one GPU, from the throughput step. With the step captured as a CUDA graph the GPU is
     busy while a trial trains, so two trials are enough to keep it fed through each other's start-up,
     validation and logging; if the graph did not win (eager, launch-bound steps leave the GPU idle), as many
     trials as an eager step leaves the GPU idle for, between 2 and 4."""
     graphed = [r for r in rows if r["variant"].endswith("+graphs")]
-    if graphed and all(str(r.get("cuda_graphs", "")).startswith("on") for r in graphed):
-        return 2, "CUDA graphs on for both models: the GPU is busy during a trial's steps"
+    if graphs is None:  # not decided elsewhere: from the rows
+        graphs = bool(graphed) and all(str(r.get("cuda_graphs", "")).startswith("on") for r in graphed)
+    if graphs:
+        return 2, "CUDA graphs on: the GPU is busy during a trial's steps"
     eager = {r["model"] + r["stem"]: r["images_per_sec"] for r in rows if r["variant"] == "bf16+channels_last+fused"}
     fp32 = {r["model"] + r["stem"]: r["images_per_sec"] for r in rows if r["variant"] == "fp32"}
     ratios = [eager[k] / fp32[k] for k in eager if k in fp32 and fp32[k]]
@@ -215,10 +223,15 @@ def describe(params):
     return f"[{','.join(layers)}], {params['stem']} stem"
 
 
-def preflight(log, device):
-    """The first call's check, in seconds, before the data has arrived: the installed packages import and work
-    (an MLflow sqlite store with a run, an Optuna sqlite study with a trial, Hydra composing the family and the
-    recipe), and on a GPU a training step of model=final with recipe=short is captured as a CUDA graph."""
+def preflight(log, device, out, keep, smoke=False, deadline=None):
+    """The first call: (a) the installed packages import and work (an MLflow sqlite store with a run, an Optuna
+    sqlite study with a trial, Hydra composing the family and the recipe): only this can fail the call (exit 1,
+    an exception); (b) on a GPU, 20 training steps of model=final with the recipe, eager and as a CUDA graph from
+    the same start (training.graphs.compare_with_eager), both loss curves and their largest relative difference;
+    (c) the throughput benchmark (random images: it needs no data), its rows written as each model finishes;
+    (d) the decision on CUDA graphs for every later run, made once here: on when the graph was captured,
+    trained as the eager step did (< MAX_GRAPH_DIFF) and was faster in (c). (b) to (d) are recorded in
+    keep/preflight.json (kept on the warm machine for the last call; a copy in out), whatever happens in them."""
     import mlflow
     import optuna
     from models import param_report
@@ -231,34 +244,70 @@ def preflight(log, device):
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
     family = param_report(config(["model=family", RECIPE]))
     log(f"preflight: MLflow sqlite run ok, Optuna sqlite study ok, model=family {RECIPE}: {family.total:,} parameters")
-    if device.type != "cuda":
-        log("preflight: no GPU here: CUDA graphs not checked")
-        return 0
-    from benchmarks.train_step import GRAPH_VARIANTS, bench_gpu_switches
-    batch = 512
-    images = torch.randint(0, 256, (batch * 10, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (batch * 10,))
-    torch.backends.cudnn.benchmark = True
-    row = bench_gpu_switches(config(["model=final", RECIPE]), images, labels, batch, 10, 1,
-                             variants={"graphs": GRAPH_VARIANTS["bf16+channels_last+fused+graphs"]})[0]
-    log(f"preflight: model=final {RECIPE}, batch {batch}, random images: {row['images_per_sec']:,.0f} img/s | "
-        f"cuda graphs {row['cuda_graphs']}")
-    code, verdict = preflight_verdict(row["cuda_graphs"])
-    log(f"preflight: {verdict}")
-    return code
+    record = {"cuda_graphs": False, "why": "no GPU here", "check": None, "throughput": []}
+
+    def save():
+        for place in {keep, out}:
+            place.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(place / PREFLIGHT, json.dumps(record, indent=1) + "\n")
+
+    save()
+    if device.type == "cuda":
+        try:
+            from training.graphs import compare_with_eager
+            check = compare_with_eager(config(["model=final", RECIPE]), device, steps=20, batch_size=512)
+            record["check"] = check
+            log("preflight: 20 steps of model=final, dropout off, from the same start (loss per step):")
+            log("  eager   " + " ".join(f"{v:.4f}" for v in check["eager"]))
+            log("  graphed " + " ".join(f"{v:.4f}" for v in check["graphed"]))
+            log(f"  largest relative difference {check['max_rel_diff']:.2e} | cuda graphs {check['cuda_graphs']}")
+            if not str(check["cuda_graphs"]).startswith("on"):
+                record["why"] = f"the capture did not hold: {check['cuda_graphs']}"
+            elif check["max_rel_diff"] >= MAX_GRAPH_DIFF:
+                record["why"] = (f"the graphed step trained differently from the eager one (largest relative loss "
+                                 f"difference {check['max_rel_diff']:.2e} >= {MAX_GRAPH_DIFF})")
+            else:
+                record.update(cuda_graphs=True, why="captured, and trains as the eager step does")
+        except Exception as err:  # noqa: BLE001 - recorded: the runs then train eagerly
+            import traceback
+            record["why"] = f"the check raised {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            log("".join(traceback.format_exception(err)).rstrip())
+        save()
+        log(f"preflight: graph check: {record['why']}")
+    bench_json = keep / "bench.json"
+    bench_json.unlink(missing_ok=True)
+    bench = [sys.executable, "-m", "benchmarks", "--only", "graphs", "--out", str(bench_json)]
+    bench += ["--gpu"] if device.type == "cuda" else ["--quick"]
+    rc, seconds, stopped = run_logged(bench, log, deadline=deadline, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    rows = json.loads(bench_json.read_text()).get("gpu_graphs", []) if bench_json.is_file() else []
+    record["throughput"] = rows
+    record["throughput_status"] = ("ok" if rc == 0 and not stopped else
+                                   f"stopped at its deadline after {seconds:.0f} s" if stopped else f"exited with {rc}")
+    if bench_json.is_file():
+        shutil.copy(bench_json, out / "bench.json")
+    if record["cuda_graphs"]:
+        graphed = [r for r in rows if r["variant"].endswith("+graphs")]
+        faster = [r for r in graphed if str(r.get("cuda_graphs", "")).startswith("on")
+                  and r["images_per_sec"] > eager_rate(rows, r)]
+        if graphed and not faster:
+            record.update(cuda_graphs=False, why="captured and right, but not faster than the eager step: "
+                                                 + "; ".join(str(r.get("cuda_graphs")) for r in graphed))
+        elif graphed:
+            record["why"] += ", and faster: " + "; ".join(
+                f"{r['model']} {r['stem']} {r['images_per_sec']:,.0f} vs {eager_rate(rows, r):,.0f} img/s eager"
+                for r in faster)
+    save()
+    log(f"preflight: throughput {record['throughput_status']}, {len(rows)} rows")
+    log(f"preflight: decision for every run of the last call: trainer.cuda_graphs={str(record['cuda_graphs']).lower()}"
+        f" ({record['why']})")
+    return 0
 
 
-def preflight_verdict(decision):
-    """(exit code, line) for the capture's decision. Only a capture that failed (or never decided) is a setup
-    problem worth stopping for; "off: no gain" means it was captured and replayed fine but was not 3% faster,
-    which the runs handle themselves (trainer.cuda_graphs=auto trains eagerly then)."""
-    decision = str(decision)
-    if decision.startswith("on"):
-        return 0, "ok: the step is captured and replayed as a CUDA graph"
-    if decision.startswith("off: no gain"):
-        return 0, ("ok: the step is captured and replayed, but not faster than the eager one here, so the runs will "
-                   "train eagerly (cuda_graphs=auto)")
-    return 1, f"FAILED: CUDA graphs {decision or 'undecided'}: fix this before spending more device time"
+def eager_rate(rows, row):
+    """The images/s of the same model's eager row with the same switches (bf16, channels_last, fused)."""
+    same = [r["images_per_sec"] for r in rows if r["variant"] == "bf16+channels_last+fused"
+            and r["model"] == row["model"] and r["stem"] == row["stem"]]
+    return same[0] if same else 0.0
 
 
 class Results:
@@ -277,17 +326,15 @@ class Results:
         document = {**result, "details": summary}
         for folder in {self.out, self.results}:
             for name, text in (("summary.json", json.dumps(document, indent=1, default=str)), ("summary.md", table(summary))):
-                tmp = folder / (name + ".tmp")  # renamed over the old one: a kill mid-write leaves the last whole file
-                tmp.write_text(text + "\n")
-                os.replace(tmp, folder / name)
+                write_text_atomically(folder / name, text + "\n")  # a kill mid-write leaves the last whole file
         for name in summary.get("runs", {}):
             weights = self.results / f"{name}.pt"
             if weights.is_file() and self.results != self.out:
                 shutil.copy(weights, self.out / weights.name)
-        tmp = self.out / "mlflow_store.tar.gz.tmp"
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(self.store, arcname="store")
-        os.replace(tmp, self.out / "mlflow_store.tar.gz")
+        def pack(f):
+            with tarfile.open(fileobj=f, mode="w:gz") as tar:
+                tar.add(self.store, arcname="store")
+        write_atomically(self.out / "mlflow_store.tar.gz", pack)
 
     def step(self, name, body):
         """Run body(record) as step `name`; record its status ("ok", or what body set: "skipped: ...",
@@ -319,6 +366,36 @@ class Results:
                 self.log(f"  !! writing the results failed: {type(err).__name__}: {err}")
 
 
+def evaluate_checkpoint(path, weights, overrides, images, log, deadline=None, env=None):
+    """A run stopped before its test pass: the weights it would have kept (the EMA's when there is one) from its
+    last epoch checkpoint, written as trainer.save_weights writes them (fp16, with the training split's
+    normalisation: all the training images here), then `train.py task=evaluate` on them. Returns what the summary
+    records: test_acc, marked cut, with the epochs the checkpoint holds (test_acc None if that failed too)."""
+    from data.build import channel_stats
+    from training.weights import save_state
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("ema") is not None:
+        weights_state = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    else:
+        weights_state = state["model"]
+    mean, std = channel_stats(images)
+    save_state(weights_state, weights, normalize_mean=[float(v) for v in mean], normalize_std=[float(v) for v in std])
+    log(f"  cut at its deadline after {state['epoch']} epochs: evaluating that epoch's checkpoint ({path})")
+    command = [sys.executable, "train.py", "task=evaluate", f"evaluate.weights={weights}", *overrides]
+    result = {"cut": True, "epochs": int(state["epoch"]), "test_acc": None, "weights": None}
+    try:
+        timeout = None if deadline is None else max(5.0, deadline - time.time())
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log("  the evaluation ran out of time")
+        return result
+    lines = [line for line in done.stdout.splitlines() if line.startswith("test_acc=")]
+    log("  | " + "\n  | ".join((done.stdout + done.stderr).strip().splitlines()[-3:]))
+    if done.returncode == 0 and lines:
+        result.update(test_acc=round(float(lines[-1].split("=")[1]), 4), weights=str(weights))
+    return result
+
+
 def device_is_cuda():
     return torch.cuda.is_available()
 
@@ -348,6 +425,8 @@ def main(argv=None):
     parser.add_argument("--data", default=os.environ.get("CIFAR10_ROOT", str(ROOT / ".gpu_eval" / "data")),
                         help="the folder holding cifar-10-batches-py/ (default: what gpu_eval.sh unpacked)")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu_eval_out"))
+    parser.add_argument("--keep", help="where the first call leaves its record for the last one (default .gpu_eval, "
+                                       "which stays on a warm machine between calls; --smoke: <out>/keep)")
     parser.add_argument("--results", help="where summary.json and the weights go (default results/gpu_eval; "
                                           "--smoke: <out>/results)")
     args = parser.parse_args(argv)
@@ -386,8 +465,9 @@ def main(argv=None):
     log(f"gpu_eval {'(smoke) ' if args.smoke else ''}{summary['started']} | {gpu} | budget {budget:.0f} s"
         f" (steps end by {end - started:.0f} s) | "
         + " ".join(f"{k} {v}" for k, v in summary["environment"].items() if k not in ("gpu",)))
+    keep = Path(args.keep) if args.keep else (out / "keep" if args.smoke else ROOT / ".gpu_eval")
     if args.preflight:
-        return preflight(log, device)
+        return preflight(log, device, out, keep, smoke=args.smoke, deadline=end)
     saved = Results(summary, out, results, store, log)
     saved.write()
     ctx = {}  # what the steps hand on to the later ones
@@ -451,9 +531,30 @@ def main(argv=None):
             record.update(status="failed", error=f"python -m benchmarks exited with {rc} (its lines are in the log)")
         return json.loads(bench_json.read_text()).get("gpu_graphs", []) if rc == 0 and bench_json.is_file() else []
 
-    rows = saved.step("throughput", throughput_step) or []
+    first_call = json.loads((keep / PREFLIGHT).read_text()) if (keep / PREFLIGHT).is_file() else None
+    if first_call is not None and first_call.get("throughput"):  # measured by the first call: not again
+        rows = first_call["throughput"]
+        summary["steps"]["throughput"] = {"status": "ok", "seconds": 0.0, "note": "measured by the first call (--preflight)"}
+        log(f"\n(1) training throughput: {len(rows)} rows measured by the first call ({keep / PREFLIGHT})")
+    else:
+        rows = saved.step("throughput", throughput_step) or []
+    # CUDA graphs for every run here, decided once: by the first call's check when there was one (captured, trains
+    # as the eager step does, faster), else from this call's throughput rows (captured and faster); never per run
+    # with `auto`, whose timing is noisy when two trials share the GPU.
+    if first_call is not None and device.type == "cuda":
+        graphs, graphs_why = bool(first_call["cuda_graphs"]), f"the first call: {first_call['why']}"
+    elif rows and device.type == "cuda":
+        graphed = [r for r in rows if r["variant"].endswith("+graphs")]
+        graphs = bool(graphed) and all(str(r.get("cuda_graphs", "")).startswith("on") for r in graphed)
+        graphs_why = "this call's throughput rows (no first-call check): " + "; ".join(str(r.get("cuda_graphs")) for r in graphed)
+    else:
+        graphs, graphs_why = False, "no GPU" if device.type != "cuda" else "nothing measured: eager, the safe choice"
+    common.append(f"trainer.cuda_graphs={str(graphs).lower()}")
+    summary["cuda_graphs"] = {"on": graphs, "why": graphs_why,
+                              "check": (first_call or {}).get("check")}
+    log(f"  -> trainer.cuda_graphs={str(graphs).lower()} for every run ({graphs_why})")
     summary["throughput"] = [{k: v for k, v in r.items() if k != "rounds"} for r in rows]
-    k, why = choose_trials_per_device(rows) if rows else (2, "no throughput rows: 2 trials at once")
+    k, why = choose_trials_per_device(rows, graphs) if rows else (2, "no throughput rows: 2 trials at once")
     summary["sweep"] = {"trials_per_device": k, "why": why}
     log(f"  -> trials_per_device={k} ({why})")
 
@@ -534,8 +635,10 @@ def main(argv=None):
             weights = results / f"{name}.pt"
             weights.unlink(missing_ok=True)  # a file from an earlier run must not pass for this run's
             run_dir = work / "runs" / name
+            checkpoint = run_dir / "checkpoint"  # kept by a run that is stopped: its last epoch is evaluated then
             command = [sys.executable, "train.py", *full, data_root, *tracked, f"trainer.epochs={epochs}",
-                       f"trainer.save_weights={weights}", f"mlflow.run_name=gpu-eval-{name}", f"hydra.run.dir={run_dir}"]
+                       f"trainer.save_weights={weights}", f"mlflow.run_name=gpu-eval-{name}", f"hydra.run.dir={run_dir}",
+                       f"trainer.checkpoint_dir={checkpoint}"]
             saved.write()
             rc, seconds, stopped = run_logged(command, log, deadline=deadline, env=env, grace=grace)
             epochs_seen, final = read_run(run_dir)
@@ -553,6 +656,11 @@ def main(argv=None):
                 "weights": weights_path if weights.is_file() else None,
                 "weights_bytes": final.get("weights_bytes") if final else None,
                 "exit_code": rc, "wall_seconds": round(seconds, 1), "stopped_at_deadline": stopped})
+            if final is None and (checkpoint / "last.pt").is_file():  # cut before its test pass: its last epoch's
+                run.update(evaluate_checkpoint(checkpoint / "last.pt", weights, [*full, data_root], images, log,
+                                               deadline=end, env=env))
+                if run.get("weights"):
+                    run["weights"] = str(weights.relative_to(ROOT)) if weights.is_relative_to(ROOT) else str(weights)
             log(f"  -> {name}: " + json.dumps({k: v for k, v in run.items() if k != "overrides"}))
             if timing["train_s"] is None:
                 timing["train_s"] = train_s

@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export GPU_EVAL_STARTED=${GPU_EVAL_STARTED:-$(date +%s)}
 export PYTHONUNBUFFERED=1
+# MLflow's telemetry starts threads that send to the internet, which no GPU machine reaches: off.
+export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 PARTS=${GPU_EVAL_PARTS:-.gpu_eval/parts}  # where the carried parts are
 smoke=0; preflight=0; out_dir=${OUT:-}; previous=
@@ -48,6 +50,17 @@ elif [ -f "$PARTS/manifest.json" ] && [ "$smoke" = 0 ]; then
 elif [ "$smoke" = 0 ] && [ ! -d .gpu_eval/data/cifar-10-batches-py ] && [ -z "${CIFAR10_ROOT:-}" ]; then
   fail "error: no parts in $PARTS and no CIFAR-10 in .gpu_eval/data: run scripts/prepare_gpu_eval.sh here and carry the parts (README \"On a GPU\")"
 fi
+# What the image itself has, before any carried wheel shadows it (a carried wheel that the image rejects shows here).
+"$PY" - <<'PYEOF' || true
+import importlib.metadata as md
+found = []
+for name in ("torch", "numpy", "protobuf", "typing-extensions", "pydantic"):
+    try:
+        found.append(f"{name} {md.version(name)}")
+    except md.PackageNotFoundError:
+        found.append(f"{name} -")
+print("image: " + ", ".join(found))
+PYEOF
 # Installed by an earlier call on this (still warm) machine? Then use that.
 if [ -d /tmp/gpu_eval_site ]; then export PYTHONPATH=/tmp/gpu_eval_site${PYTHONPATH:+:$PYTHONPATH}; fi
 if ! "$PY" -c "import hydra, omegaconf, optuna, mlflow, sqlalchemy, alembic" 2>/dev/null; then

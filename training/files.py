@@ -1,4 +1,4 @@
-"""Writing a file so that a reader only ever sees a whole one: the checkpoints and the weights files.
+"""Writing a file so that a reader only ever sees a whole one: checkpoints, weights files, summaries.
 
 The object goes to a temporary file of its own in the target's folder (`<name>.<random>.tmp`, unique per
 save, so two processes saving one path at once each rename a whole file of their own), is synced to disk,
@@ -14,6 +14,16 @@ import torch
 
 def save_atomically(obj, path):
     """torch.save(obj) to `path`, whole or not at all; returns the file's size in bytes."""
+    return write_atomically(path, lambda f: torch.save(obj, f))
+
+
+def write_text_atomically(path, text):
+    """`text` (UTF-8) to `path`, whole or not at all: summaries and JSON records that a reader may open any time."""
+    return write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def write_atomically(path, write):
+    """write(binary file) into a temporary file of its own beside `path`, then renamed over it; returns the size."""
     path = Path(path)
     for attempt in range(2):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +35,7 @@ def save_atomically(obj, path):
                 raise
     try:
         with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

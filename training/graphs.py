@@ -52,8 +52,10 @@ class CudaCapture:
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
     def capture(self, body):
+        """Captured on the warm-up's side stream: the memory the warm-up steps' kernels used (and cudnn's and
+        cuBLAS's workspaces, made per stream) is what the captured kernels then use too."""
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
             body()
 
     def replay(self):
@@ -213,3 +215,67 @@ class GraphedStep:
                 group["lr"] = float(group["lr"])
             self.lr_tensors = None
         self.report["cuda_graphs"] = f"off: {reason}"
+
+
+def compare_with_eager(cfg, device, steps=20, batch_size=256, capture=None, seed=0):
+    """Train `steps` steps eagerly, then the same steps with the step captured as a graph (trainer.cuda_graphs=true),
+    from the same weights and the same batches, dropout off; the per-step losses of both and the largest relative
+    difference. A graph that froze something at capture (a learning rate, a buffer's address, the EMA's weights)
+    trains differently from the eager step after a few replays, and this shows it; a right one differs by float
+    noise alone (a GPU's kernels run in another order under capture). cudnn's algorithm choice is fixed for the
+    comparison (deterministic, no benchmark) so both runs use the same kernels.
+
+    `capture`: a stand-in for CudaCapture (tests); None on CUDA: the real capture, built by the Learner."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from models import build_model
+    from training.engine import Learner
+    from training.runtime import Runtime
+
+    device = torch.device(device)
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.update(cfg, "trainer.epochs", 1)
+    channels_last = device.type == "cuda" and cfg.trainer.channels_last in ("auto", True)
+    torch.manual_seed(seed)
+    start = build_model(cfg, device=device)
+    for module in start.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if channels_last:
+        start = start.to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(seed)
+    data = [(torch.randn(batch_size, 3, 32, 32, generator=generator),
+             torch.randint(0, int(cfg.data.num_classes), (batch_size,), generator=generator)) for _ in range(steps)]
+    data = [(x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format),
+             y.to(device)) for x, y in data]
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        curves, report = {}, {}
+        for name in ("eager", "graphed"):
+            run_cfg = copy.deepcopy(cfg)
+            OmegaConf.update(run_cfg, "trainer.cuda_graphs", name == "graphed" and capture is None)
+            runtime = Runtime(device, str(cfg.trainer.precision), channels_last=False)  # the model is converted above
+            learner = Learner(run_cfg, runtime, steps, model=copy.deepcopy(start))
+            step = learner.step
+            if name == "graphed" and capture is not None:
+                step = GraphedStep(step, True, capture=capture, precision=runtime.precision,
+                                   fused=bool(learner.optimizer.defaults.get("fused")))
+            learner.model.train()
+            losses = []
+            for x, y in data:
+                step.reset()
+                step(x, y)
+                learner.scheduler.step()
+                step.after_scheduler()
+                losses.append(step.loss_sum.item() / len(y))
+            curves[name] = losses
+            report = dict(getattr(step, "report", {})) if name == "graphed" else report
+            del learner, step
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+    worst = max(abs(g - e) / max(abs(e), 1e-12) for e, g in zip(curves["eager"], curves["graphed"]))
+    return {"eager": curves["eager"], "graphed": curves["graphed"], "max_rel_diff": worst,
+            "cuda_graphs": report.get("cuda_graphs", "")}

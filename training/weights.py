@@ -28,8 +28,13 @@ def save_weights(module, path, **meta):
     """The model's state_dict, floating tensors in fp16, with `meta` (normalize_mean, normalize_std, ...: plain
     numbers and strings, what torch.load's weights_only accepts) beside it, written to a temp file and renamed
     over `path`."""
+    return save_state(module.state_dict(), path, **meta)
+
+
+def save_state(state_dict, path, **meta):
+    """save_weights for a state_dict at hand (a checkpoint's EMA weights, say)."""
     state = {key: (value.detach().to("cpu", torch.float16) if value.is_floating_point() else value.detach().cpu())
-             for key, value in module.state_dict().items()}
+             for key, value in state_dict.items()}
     return save_atomically({"state_dict": state, **meta}, path)
 
 
