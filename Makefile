@@ -22,7 +22,7 @@ train: setup
 test: setup
 	$(PY) -m pytest
 
-# The GPU evaluation (README "On a GPU"): its whole path on the CPU with tiny settings (~2 minutes), and the
+# The GPU evaluation (docs/gpu.md): its whole path on the CPU with tiny settings (~2 minutes), and the
 # parts a GPU call carries (CIFAR-10 + wheels, ~3 minutes).
 gpu-smoke: setup
 	PYTHON=$(PY) scripts/gpu_eval.sh --smoke --out gpu_eval_out/smoke

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU evaluation in one command (README "On a GPU"): unpack the carried parts (CIFAR-10 and the
+# The whole GPU evaluation in one command (docs/gpu.md): unpack the carried parts (CIFAR-10 and the
 # wheels of Hydra, OmegaConf, Optuna, MLflow, SQLAlchemy, Alembic and what they import), install the wheels
 # into /tmp/gpu_eval_site when those packages are missing, then scripts/gpu_eval.py: throughput, the family
 # sweep, the best architecture and the paper's final model trained for the same time, the summary.
@@ -48,7 +48,7 @@ elif [ -f "$PARTS/manifest.json" ] && [ "$smoke" = 0 ]; then
   if ! said=$("$PY" scripts/gpu_parts.py unpack --parts "$PARTS" --into .gpu_eval 2>&1); then fail "$said"; fi
   echo "$said"
 elif [ "$smoke" = 0 ] && [ ! -d .gpu_eval/data/cifar-10-batches-py ] && [ -z "${CIFAR10_ROOT:-}" ]; then
-  fail "error: no parts in $PARTS and no CIFAR-10 in .gpu_eval/data: run scripts/prepare_gpu_eval.sh here and carry the parts (README \"On a GPU\")"
+  fail "error: no parts in $PARTS and no CIFAR-10 in .gpu_eval/data: run scripts/prepare_gpu_eval.sh here and carry the parts (docs/gpu.md)"
 fi
 # What the image itself has, before any carried wheel shadows it (a carried wheel that the image rejects shows here).
 "$PY" - <<'PYEOF' || true

@@ -1,6 +1,6 @@
 """The GPU evaluation's luggage: CIFAR-10 and the missing wheels, packed into parts small enough to carry.
 
-A GPU machine is reached through calls that each carry at most 64 MiB of the checkout (README "On a GPU"),
+A GPU machine is reached through calls that each carry at most 64 MiB of the checkout (docs/gpu.md),
 and it has PyTorch but not Hydra, Optuna, MLflow or SQLAlchemy. `pack` (here, after downloading the wheels)
 writes one xz-compressed tar of the wheels and the dataset folder (wheels first), cut into parts of at most
 --part-mib, and a manifest with each part's size and sha256; `check` (there, after each call) says which

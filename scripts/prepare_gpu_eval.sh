@@ -3,7 +3,7 @@
 # for the GPU machine (CPython 3.12, manylinux x86-64) into .gpu_eval/wheels, packs them with CIFAR-10
 # (CIFAR10_ROOT, default ../shared/cifar10) into xz parts under .gpu_eval/parts (ignored by git), each small
 # enough that it and the checkout's tracked and untracked (not ignored) files fit in one 64 MiB call, and
-# prints the calls that carry them. Takes ~3 minutes (xz). README "On a GPU".
+# prints the calls that carry them. Takes ~3 minutes (xz). docs/gpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi

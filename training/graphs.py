@@ -29,6 +29,7 @@ state machine on the CPU with a stand-in capture that replays the recorded step 
 that it trains exactly as the eager step does.
 """
 import contextlib
+import math
 import time
 
 import torch
@@ -237,6 +238,11 @@ def compare_with_eager(cfg, device, steps=20, batch_size=256, capture=None, seed
     device = torch.device(device)
     cfg = copy.deepcopy(cfg)
     OmegaConf.update(cfg, "trainer.epochs", 1)
+    # A tenth of the recipe's LR, held constant: on random images the recipe's warm-up (capped at 20% of these few
+    # steps) reached its peak by step 4 and the loss diverged to NaN by step 8 on the H200, in both runs alike,
+    # which would leave most of the comparison without a number.
+    OmegaConf.update(cfg, "optimizer.lr", float(cfg.optimizer.lr) / 10)
+    OmegaConf.update(cfg, "scheduler.name", "constant", force_add=True)
     channels_last = device.type == "cuda" and cfg.trainer.channels_last in ("auto", True)
     torch.manual_seed(seed)
     start = build_model(cfg, device=device)
@@ -276,6 +282,9 @@ def compare_with_eager(cfg, device, steps=20, batch_size=256, capture=None, seed
             del learner, step
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
-    worst = max(abs(g - e) / max(abs(e), 1e-12) for e, g in zip(curves["eager"], curves["graphed"]))
+    # A step whose loss is not finite in either run compares as infinitely far: NaN equals nothing, and a check
+    # that diverged has shown nothing.
+    worst = max(abs(g - e) / max(abs(e), 1e-12) if math.isfinite(e) and math.isfinite(g) else math.inf
+                for e, g in zip(curves["eager"], curves["graphed"]))
     return {"eager": curves["eager"], "graphed": curves["graphed"], "max_rel_diff": worst,
             "cuda_graphs": report.get("cuda_graphs", "")}
