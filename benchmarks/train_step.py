@@ -20,6 +20,7 @@ from benchmarks.common import interleaved, paired_quartiles, paired_ratio, sync
 from data import DeviceLoader, channel_stats
 from models import build_model
 from training.engine import Learner
+from training.progress import Progress
 from training.runtime import Runtime
 
 GPU_VARIANTS = {  # name: (precision, channels_last, fused optimizer, compile, CUDA graphs)
@@ -49,15 +50,16 @@ class ProjectLoop:
     def __init__(self, cfg, model, loader, device, precision="fp32", fused=None, compile=False, threads=None,
                  graphs=False):
         self.loader, self.device, self.threads = loader, device, threads
-        # A progress line at least once per measured window (train.py's default is every 50 steps).
-        log_every = max(1, min(int(cfg.trainer.log_every or 50), len(loader) // 2))
         cfg = copy.deepcopy(cfg)
-        for key, value in {"trainer.epochs": 10_000, "trainer.log_every": log_every, "trainer.compile": compile,
+        for key, value in {"trainer.epochs": 10_000, "trainer.compile": compile,
                            "trainer.precision": precision, "trainer.cuda_graphs": graphs,
                            "trainer.fused_optimizer": "auto" if fused is None else fused}.items():
             OmegaConf.update(cfg, key, value)
         runtime = Runtime(torch.device(device), precision, channels_last=False)  # the loader sets the memory format
         self.learner = Learner(cfg, runtime, len(loader), model=model)
+        # train.py's progress display, as in a file (a line after the first step, then every 30 s); its output
+        # is discarded below.
+        self.progress = Progress(10_000, device=torch.device(device).type, tty=False, stream=io.StringIO())
         self.epoch = 0
 
     def __call__(self):
@@ -66,7 +68,7 @@ class ProjectLoop:
         torch.set_num_threads(self.threads or default_threads)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                self.learner.train_epoch(self.loader, self.epoch)
+                self.learner.train_epoch(self.loader, self.epoch, self.progress)
             sync(self.device)
         finally:
             torch.set_num_threads(default_threads)

@@ -32,6 +32,9 @@ def run(cfg):
 
 def main(cfg):
     """run(cfg) for the Hydra entry point: user errors become one line and an exit code."""
+    if _verbose():
+        from training.tracking import loud_libraries
+        loud_libraries()
     try:
         return run(cfg)
     except TrialPruned as pruned:
@@ -52,3 +55,8 @@ def main(cfg):
         print("interrupted: the MLflow run is KILLED; the checkpoint of the last finished epoch is kept: run the "
               "same command with trainer.resume=true to go on", file=sys.stderr, flush=True)
         sys.exit(130)  # the shell's code for Ctrl-C
+
+
+def _verbose():
+    from hydra.core.hydra_config import HydraConfig
+    return HydraConfig.initialized() and bool(HydraConfig.get().verbose)

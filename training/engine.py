@@ -104,29 +104,33 @@ class TrainStep:
         self.correct += (logits.argmax(1) == y).sum()
 
 
-def train_one_epoch(model, step, loader, scheduler, log_every=0, epoch=1):
+def train_one_epoch(model, step, loader, scheduler, epoch=1, progress=None):
     """One pass over `loader` with `step` (a TrainStep, or training.graphs.GraphedStep around one); returns
     (mean loss, accuracy, images seen).
 
-    Loss and accuracy accumulate on the device: the only host syncs are the progress lines
-    (every `log_every` steps) and the one at the end of the epoch.
+    Loss and accuracy accumulate on the device: the only host syncs are the progress display's updates
+    (training/progress.py: a bar on a terminal, a line every 30 s in a file) and the one at the end of the epoch.
     """
     model.train()
-    epoch_start, steps = time.perf_counter(), len(loader)
+    steps = len(loader)
     step.reset()
     seen = 0
+    if progress is not None:
+        progress.start_epoch(epoch, steps)
+    started = time.perf_counter()
     for index, (x, y) in enumerate(loader, 1):
         step(x, y)
         scheduler.step()
         step.after_scheduler()
         seen += len(y)
-        if log_every and index % log_every == 0 and index < steps:
-            running = step.loss_sum.item() / seen  # the one sync per display line
+        if progress is not None and progress.due(index):
+            running = step.loss_sum.item() / seen  # the one sync per display update
             if not math.isfinite(running):
                 raise DivergedError(f"training loss became {running} at epoch {epoch}, step {index}")
-            rate = seen / (time.perf_counter() - epoch_start)
-            print(f"  epoch {epoch} step {index}/{steps} loss {running:.4f} {rate:,.0f} img/s", flush=True)
+            progress.show(index, seen, running)
     train_loss, train_acc = step.loss_sum.item() / seen, step.correct.item() / seen
+    if progress is not None:
+        progress.end_epoch(time.perf_counter() - started)
     if not math.isfinite(train_loss):
         raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
     return train_loss, train_acc, seen
@@ -182,12 +186,11 @@ class Learner:
         return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                     ema=self.ema)
 
-    def train_epoch(self, loader, epoch):
+    def train_epoch(self, loader, epoch, progress=None):
         """One epoch; returns its row of metrics (train loss/accuracy, lr, images/s, time)."""
         start = time.perf_counter()
-        trainer = self.cfg.trainer
-        loss, acc, seen = train_one_epoch(self.model, self.step, loader, self.scheduler,
-                                          log_every=trainer.log_every, epoch=epoch)
+        loss, acc, seen = train_one_epoch(self.model, self.step, loader, self.scheduler, epoch=epoch,
+                                          progress=progress)
         seconds = time.perf_counter() - start
         return {"epoch": epoch, "train_loss": loss, "train_acc": acc,
                 "lr": float(self.optimizer.param_groups[0]["lr"]), "images_per_sec": seen / seconds,

@@ -12,6 +12,7 @@ from data import make_loaders
 from models import build_model
 from sweeper.job import current_trial
 from training import checkpoint
+from training.progress import Progress
 from training.engine import Learner
 from training.run_context import RunContext
 from training.runtime import Runtime
@@ -70,9 +71,11 @@ def train(cfg, report):
         graphs_reported = False
         started = time.perf_counter() - (resumed["elapsed"] if resumed else 0.0)
         epochs = cfg.trainer.epochs
+        progress = Progress(epochs, first_epoch=len(history) + 1, device=runtime.device.type,
+                            enabled=bool(cfg.trainer.log_every))
         for epoch in range(len(history) + 1, epochs + 1):
             epoch_start = time.perf_counter()
-            row = learner.train_epoch(train_loader, epoch)
+            row = learner.train_epoch(train_loader, epoch, progress)
             if val_loader is not None:
                 row["val_loss"], row["val_acc"] = learner.evaluate(val_loader)
             row["epoch_time"] = time.perf_counter() - epoch_start  # training and validation

@@ -22,6 +22,43 @@ from sweeper.stores import first_open, make_sqlite_folder
 RECORDS_FILE = "metrics.jsonl"
 
 
+# MLflow's own lines (INFO: "Creating initial MLflow database tables", "Started monitoring system metrics", ...)
+# say nothing a user can act on and push the run's lines out of view: its loggers start at WARNING unless
+# MLFLOW_LOGGING_LEVEL says otherwise (read when mlflow is imported; train.py runs this module's import first).
+# hydra.verbose=true brings them back (loud_libraries).
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+LIBRARY_LOGGERS = ("mlflow", "alembic", "optuna")
+
+
+def loud_libraries():
+    """hydra.verbose=true: the libraries' INFO lines again."""
+    import logging
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
+
+
+class quiet_pickle_warning:
+    """MLflow warns at every pickled model that unpickling can run code: the project stores its models pickled on
+    purpose (mlflow.model_format=pickle; pt2 is the alternative, docs/results.md), so the warning is off for that
+    call, unless hydra.verbose asked for the libraries' lines."""
+
+    def __init__(self, serialization):
+        import logging
+        self.logger = logging.getLogger("mlflow.pytorch")
+        self.active = serialization == "pickle" and self.logger.getEffectiveLevel() > logging.INFO
+
+    def __enter__(self):
+        import logging
+        if self.active:
+            self.level = self.logger.level
+            self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        if self.active:
+            self.logger.setLevel(self.level)
+
+
 def flatten(cfg, prefix=""):
     """Resolved config -> {"model.layers.layer1.blocks": 3, ...} (MLflow params are flat strings)."""
     items = {}
@@ -231,9 +268,11 @@ class Tracker:
             logits = cpu(torch.from_numpy(example)).numpy()
         extra = dict(code_paths=[os.path.join(here, "models"), os.path.join(here, "errors.py")]) \
             if serialization == "pickle" else {}
-        info = mlflow.pytorch.log_model(cpu, name="model", signature=infer_signature(example, logits),
-                                        input_example=example, serialization_format=serialization, metadata=metadata,
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], **extra)
+        with quiet_pickle_warning(serialization):
+            info = mlflow.pytorch.log_model(cpu, name="model", signature=infer_signature(example, logits),
+                                            input_example=example, serialization_format=serialization,
+                                            metadata=metadata,
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], **extra)
         mlflow.set_tag("model_uri", info.model_uri)
         return info.model_uri
 
