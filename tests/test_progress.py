@@ -113,3 +113,18 @@ def test_on_a_terminal_the_bar_redraws_in_place_and_libraries_are_quiet(tmp_path
     assert "\r" in text and "epoch 1/2:" in text and "/80" in text, text[-3000:]  # tqdm's bar, redrawn
     assert "estimate: " in text
     assert "INFO mlflow" not in text and "INFO alembic" not in text and "Creating initial MLflow" not in text
+
+
+def test_an_evaluation_pass_in_a_file_shows_its_progress_at_a_bounded_rate(monkeypatch):
+    monkeypatch.setattr(progress_module, "FILE_INTERVAL_S", 0.2)
+    out = io.StringIO()
+    started = time.perf_counter()
+    for _ in progress_module.pass_progress(range(40), 40, "test", stream=out, tty=False):
+        time.sleep(0.02)
+    seconds = time.perf_counter() - started
+    lines = out.getvalue().splitlines()
+    assert lines and all(line.startswith("  test: batch ") and "left" in line for line in lines)
+    assert len(lines) <= seconds / 0.2 + 1
+    quiet = io.StringIO()
+    assert list(progress_module.pass_progress(range(5), 5, "test", stream=quiet, tty=False)) == list(range(5))
+    assert quiet.getvalue() == ""  # a pass shorter than the interval prints nothing

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from errors import DivergedError
 from models import build_model
 from training.optim import build_optimizer, build_scheduler
+from training.progress import pass_progress
 
 
 def tta_views(x, mode):
@@ -28,12 +29,13 @@ def tta_views(x, mode):
 
 
 @torch.inference_mode()
-def evaluate(model, loader, autocast, tta="none"):
-    """Mean loss and accuracy over a loader; accumulated on the device, one sync at the end."""
+def evaluate(model, loader, autocast, tta="none", label="evaluating"):
+    """Mean loss and accuracy over a loader; accumulated on the device, one sync at the end. Long passes show
+    their progress (training/progress.py: a bar on a terminal, a line every 30 s in a file)."""
     model.eval()
     loss_sum = torch.zeros((), device=loader.images.device)
     correct = torch.zeros((), device=loader.images.device, dtype=torch.long)
-    for x, y in loader:
+    for x, y in pass_progress(loader, len(loader), label):
         with autocast:
             views = tta_views(x, tta)
             logits = (sum(model(view).float().softmax(1) for view in views) / len(views)).log()
@@ -196,5 +198,5 @@ class Learner:
                 "lr": float(self.optimizer.param_groups[0]["lr"]), "images_per_sec": seen / seconds,
                 "epoch_time": seconds}
 
-    def evaluate(self, loader, tta="none"):
-        return evaluate(self.evaluated, loader, self.autocast, tta=tta)
+    def evaluate(self, loader, tta="none", label="evaluating"):
+        return evaluate(self.evaluated, loader, self.autocast, tta=tta, label=label)

@@ -101,3 +101,22 @@ class Progress:
             self.bar.write(line, file=self.stream)
         else:
             print(line, file=self.stream, flush=True)
+
+
+def pass_progress(batches, total, label, stream=None, tty=None):
+    """The batches of an evaluation pass, shown the same way: a bar on a terminal; in a file a line every
+    FILE_INTERVAL_S (none for a pass shorter than that: a CPU test pass of model=final with TTA takes minutes,
+    a tiny model's validation a second). No host sync: the pass's sums stay on the device."""
+    stream = stream or sys.stdout
+    if stream.isatty() if tty is None else tty:
+        yield from tqdm(batches, total=total, desc=label, unit="batch", leave=False, file=stream,
+                        mininterval=TTY_INTERVAL_S, dynamic_ncols=True)
+        return
+    started = last = time.perf_counter()
+    for index, batch in enumerate(batches, 1):
+        yield batch  # the caller's work on this batch runs before the generator resumes here
+        now = time.perf_counter()
+        if now - last >= FILE_INTERVAL_S and index < total:
+            print(f"  {label}: batch {index}/{total} | {clock(now - started)} elapsed, "
+                  f"~{clock((now - started) / index * (total - index))} left", file=stream, flush=True)
+            last = now

@@ -77,7 +77,7 @@ def train(cfg, report):
             epoch_start = time.perf_counter()
             row = learner.train_epoch(train_loader, epoch, progress)
             if val_loader is not None:
-                row["val_loss"], row["val_acc"] = learner.evaluate(val_loader)
+                row["val_loss"], row["val_acc"] = learner.evaluate(val_loader, label="validation")
             row["epoch_time"] = time.perf_counter() - epoch_start  # training and validation
             history.append(row)
             checkpoint.save(ckpt_path, checkpoint.capture(
@@ -93,7 +93,7 @@ def train(cfg, report):
             run.report(row.get("val_acc", row["train_acc"]), epoch)  # raises TrialPruned
 
         test_start = time.perf_counter()
-        test_loss, test_acc = learner.evaluate(test_loader, tta=cfg.trainer.tta)
+        test_loss, test_acc = learner.evaluate(test_loader, tta=cfg.trainer.tta, label="test")
         final = {"test_loss": test_loss, "test_acc": test_acc, "test_time": time.perf_counter() - test_start,
                  "train_time": time.perf_counter() - started}
         if val_loader is not None:
