@@ -213,3 +213,33 @@ def test_gpu_smoke_runs_the_whole_path_and_evaluate_reproduces_it(tmp_path):
     assert {"gpu-eval-best", "gpu-eval-paper_final"} <= set(named)
     assert named["gpu-eval-best"].data.metrics["stored_test_acc"] == pytest.approx(summary["best"]["test_acc"], abs=1e-4)
     assert any(r.data.tags.get("mlflow.parentRunId") for r in runs)  # the sweep's trials, under their parent
+
+
+def test_a_final_run_cut_at_its_deadline_is_evaluated_from_its_last_checkpoint(tmp_path):
+    """gpu_eval.evaluate_checkpoint: the weights a stopped run would have kept, from its last epoch checkpoint,
+    written as trainer.save_weights writes them and measured by task=evaluate, give the accuracy the finished
+    run measured on its own stored weights (the same epoch here: the run keeps its checkpoint)."""
+    import torch
+
+    import gpu_eval
+    from data import load_dataset
+    from data.datasets import CIFAR10
+    from tests.faultkit import MICRO_MODEL, run_train, train_env, write_cifar
+    root = write_cifar(tmp_path / "data")
+    setup = [f"data.root={root}", "data.train_images=120", "data.test_images=40", "data.val_size=0",
+             "trainer.device=cpu", "trainer.log_every=0", "mlflow.log_model=false", *MICRO_MODEL,
+             "trainer.batch_size=40", "trainer.ema_decay=0.9"]
+    run = run_train([*setup, "trainer.epochs=2", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db",
+                     f"trainer.checkpoint_dir={tmp_path / 'ckpt'}", "trainer.keep_checkpoint=true",
+                     f"trainer.save_weights={tmp_path / 'finished.pt'}"], tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    stored = float(re.search(r"test acc of the stored weights \(fp32, TF32 off\) ([\d.]+)%", run.stdout).group(1))
+    images, _ = load_dataset(CIFAR10, root, expected_train=120, expected_test=40)["train"]
+    lines = []
+    result = gpu_eval.evaluate_checkpoint(tmp_path / "ckpt" / "last.pt", tmp_path / "cut.pt", setup, images,
+                                          lines.append, env=train_env())
+    assert result["cut"] is True and result["epochs"] == 2 and result["weights"] == str(tmp_path / "cut.pt")
+    assert result["test_acc"] == pytest.approx(stored / 100, abs=0.5 / 40), (result, stored, lines)
+    saved = torch.load(tmp_path / "cut.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in saved["state_dict"].values() if v.is_floating_point())
+    assert any("cut at its deadline after 2 epochs" in line for line in lines)
