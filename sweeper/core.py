@@ -29,6 +29,7 @@ from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
+from errors import SweepError, UsageError
 from sweeper import job as job_api
 from sweeper import compat, report, secrets, space as space_mod, targets
 from sweeper.compose import JobConfigs
@@ -57,14 +58,6 @@ def _strings(container, prefix=""):
             yield from _strings(value, f"{path}.")
         elif isinstance(value, str):
             yield path, value
-
-
-class UsageError(Exception):
-    """A sweep that cannot start; printed as one line `error: ...`, exit status 2, nothing written."""
-
-
-class SweepError(RuntimeError):
-    """A sweep that cannot go on; the message says why and what to change."""
 
 
 @dataclass
