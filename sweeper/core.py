@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from errors import SweepError, UsageError
 from sweeper import job as job_api
-from sweeper import compat, report, secrets, space as space_mod, targets
+from sweeper import compat, report, secrets, settings as settings_mod, space as space_mod, targets
 from sweeper.compose import JobConfigs
 from sweeper.constraints import INVALID_AMOUNT, Constraints, Verdict
 from sweeper.pool import DevicePool, device_ids
@@ -43,10 +43,6 @@ from sweeper.study import Heartbeats, set_attrs, tell, trained_trials
 log = logging.getLogger(__name__)
 
 SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
-SETTINGS = dict(sampler=None, direction="minimize", storage=None, study_name=None, n_trials=20, n_jobs=2,
-                max_failure_rate=0.0, custom_search_space=None, params=None, constraints=None, pruner=None,
-                preflight=None, mlflow=None, devices=None, trials_per_device=1, preview=False,
-                max_proposals_per_trial=50, heartbeat_interval=10, grace_period=60, objective_names=None)
 
 
 def _strings(container, prefix=""):
@@ -81,23 +77,20 @@ def readable(value):
 
 class ConstrainedSweep:
     def __init__(self, settings, hydra_context, task_function, config):
-        unknown = set(settings) - set(SETTINGS)
-        if unknown:
-            raise ValueError(f"hydra.sweeper: unknown keys {sorted(unknown)}; allowed: {sorted(SETTINGS)}")
-        self.s = dict(SETTINGS, **settings)
-        for key in ("params", "constraints", "pruner", "preflight", "mlflow", "devices", "objective_names"):
-            if OmegaConf.is_config(self.s[key]):
-                self.s[key] = OmegaConf.to_container(self.s[key], resolve=True)
+        self.conf = settings_mod.typed(settings)
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
         self.whitelist = getattr(hydra_context, "execution_whitelist", None)
-        direction = self.s["direction"]
-        direction = OmegaConf.to_container(direction) if OmegaConf.is_config(direction) else direction
-        self.directions = [getattr(d, "name", d) for d in (direction if isinstance(direction, list) else [direction])]
-        self.n_trials = int(self.s["n_trials"])
+        self.directions = settings_mod.directions(self.conf)
+        self.n_trials = int(self.conf.n_trials)
         self.job_idx = 0
         self.counts = {"feasible": 0, "over_budget": 0, "invalid": 0, "repeat": 0}
-        self.rng = random.Random((self.s["sampler"] or {}).get("seed"))
+        self.rng = random.Random((settings_mod.sampler_spec(self.conf) or {}).get("seed"))
         self.silent_since = {}  # trial id -> when this process first saw it RUNNING without any heartbeat
+
+    @property
+    def s(self):
+        """The settings by name (tests set and read them so): the typed config's own attributes, not a copy."""
+        return vars(self.conf)
 
     # --- entry -------------------------------------------------------------------------------------
     def sweep(self, arguments):
@@ -112,24 +105,24 @@ class ConstrainedSweep:
             raise SystemExit(130) from None  # the shell's code for Ctrl-C
 
     def _sweep(self, arguments):
-        self.check_heartbeat_settings()
+        settings_mod.check_heartbeats(self.conf)
         arguments = self.hide_secrets(arguments)
-        self.space, self.fixed = space_mod.parse(self.s["params"], arguments)
+        self.space, self.fixed = space_mod.parse(self.conf.params, arguments)
         self.extender = self.build_extender()
         if not self.space and self.extender is None:
             raise UsageError("hydra.sweeper.params: the search space is empty: give hydra.sweeper.params (a search "
                              "preset) or sweep overrides such as model.dropout='interval(0,0.3)'")
         self.job_configs = JobConfigs(self.hydra_context.config_loader, self.config)
         base = self.base_config()
-        self.constraints = self.build(Constraints, self.s["constraints"], self.whitelist)
-        self.build(job_api.build_pruner, self.s["pruner"])  # an unknown pruner stops here, not in the first job
-        self.devices = self.build(device_ids, self.s["devices"])
+        self.constraints = self.build(Constraints, self.conf.constraints, self.whitelist)
+        self.build(job_api.build_pruner, self.conf.pruner)  # an unknown pruner stops here, not in the first job
+        self.devices = self.build(device_ids, self.conf.devices)
         sampler = self.build_sampler()
-        if self.s["preview"]:
+        if self.conf.preview:
             return preview(self, sampler)
         self.preflight(base)
         # Started now, so that the pool's workers import the app while the study and MLflow open.
-        self.pool = self.build(DevicePool, self.devices, int(self.s["trials_per_device"]), self.task_function,
+        self.pool = self.build(DevicePool, self.devices, int(self.conf.trials_per_device), self.task_function,
                                self.hydra_context) if self.devices else None
         try:
             self.run(self.open_study(sampler))
@@ -142,7 +135,7 @@ class ConstrainedSweep:
                 self.pool.shutdown(wait=False)  # they exit in the background (the interpreter joins them)
 
     def run(self, study):
-        self.tracking = report.Tracking(self.s["mlflow"])
+        self.tracking = report.Tracking(self.conf.mlflow)
         try:
             self.parent = self.tracking.parent_run(study, self.storage)
         except Exception as err:
@@ -150,9 +143,9 @@ class ConstrainedSweep:
                              f"store ({type(err).__name__}: {secrets.mask_url(str(err)).splitlines()[0]})") from err
         log.info(f"Study {study.study_name} in {secrets.mask_url(self.storage_url) or 'memory'} | "
                  f"sampler {study.sampler} | directions {self.directions} | "
-                 f"pruner {(self.s['pruner'] or {}).get('name', 'none')} | "
-                 + (f"devices {self.devices} x {self.s['trials_per_device']}" if self.devices else
-                    f"batches of {self.s['n_jobs']}") + (f" | MLflow parent run {self.parent}" if self.parent else ""))
+                 f"pruner {(self.conf.pruner or {}).get('name', 'none')} | "
+                 + (f"devices {self.devices} x {self.conf.trials_per_device}" if self.devices else
+                    f"batches of {self.conf.n_jobs}") + (f" | MLflow parent run {self.parent}" if self.parent else ""))
         self.share_sweep_identity()
         already = len(trained_trials(study.get_trials(deepcopy=False)))
         if already:
@@ -175,7 +168,7 @@ class ConstrainedSweep:
         try:
             self.parent = self.tracking.settle(study, self.storage, self.parent)
             self.tracking.close_interrupted(study, self.parent)
-            report.summarize(self.tracking, self.config, study, self.parent, self.directions, self.s["objective_names"],
+            report.summarize(self.tracking, self.config, study, self.parent, self.directions, self.conf.objective_names,
                              self.hydra_context.config_loader, self.counts)
         except Exception as err:  # noqa: BLE001 - the trials are recorded; do not lose them behind a traceback
             self.tracking.finish(self.parent, "FAILED")
@@ -194,18 +187,10 @@ class ConstrainedSweep:
         except (ValueError, TypeError) as err:
             raise UsageError(str(err)) from err
 
-    def check_heartbeat_settings(self):
-        interval, grace = self.s["heartbeat_interval"], self.s["grace_period"]
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
-            raise UsageError(f"hydra.sweeper.heartbeat_interval={interval}: must be a number of seconds > 0")
-        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace > interval:
-            raise UsageError(f"hydra.sweeper.grace_period={grace}: must be longer than hydra.sweeper.heartbeat_interval "
-                             f"({interval} s), or a live trial is taken for dead between two of its heartbeats")
-
     def hide_secrets(self, arguments):
         """Remember real URLs (for this process and its jobs) and mask them in everything passed on."""
         overrides = self.config.hydra.overrides
-        secrets.remember(self.s["storage"], (self.s["mlflow"] or {}).get("tracking_uri"), *arguments,
+        secrets.remember(self.conf.storage, (self.conf.mlflow or {}).get("tracking_uri"), *arguments,
                          *overrides.hydra, *overrides.task)
         with read_write(overrides), open_dict(overrides):
             overrides.hydra = [secrets.mask_url(o) for o in overrides.hydra]
@@ -219,10 +204,10 @@ class ConstrainedSweep:
         return [secrets.mask_url(a) for a in arguments]
 
     def build_extender(self):
-        if not self.s["custom_search_space"]:
+        if not self.conf.custom_search_space:
             return None
         return self.build(targets.build, "hydra.sweeper.custom_search_space",
-                          {"_target_": self.s["custom_search_space"], "_partial_": True}, self.whitelist)
+                          {"_target_": self.conf.custom_search_space, "_partial_": True}, self.whitelist)
 
     def base_config(self):
         """The job config without search values; every plain search key must be in it."""
@@ -243,9 +228,9 @@ class ConstrainedSweep:
         return base
 
     def preflight(self, base):
-        if not self.s["preflight"]:
+        if not self.conf.preflight:
             return
-        spec = dict(self.s["preflight"])
+        spec = dict(self.conf.preflight)
         spec.setdefault("_partial_", True)
         check = self.build(targets.build, "hydra.sweeper.preflight._target_", spec, self.whitelist)
         try:
@@ -254,7 +239,7 @@ class ConstrainedSweep:
             raise UsageError(str(err).strip() or type(err).__name__) from err
 
     def build_sampler(self):
-        spec = dict(self.s["sampler"] or {"_target_": "optuna.samplers.TPESampler"})
+        spec = dict(settings_mod.sampler_spec(self.conf) or {"_target_": "optuna.samplers.TPESampler"})
         inner = self.build(targets.build, "hydra.sweeper.sampler._target_", spec, SAMPLER_WHITELIST)
         self.grid = None
         if callable(inner) and getattr(inner, "func", None) is optuna.samplers.GridSampler:
@@ -266,14 +251,14 @@ class ConstrainedSweep:
         return ConstrainedSampler(inner, n_startup_trials=spec.get("n_startup_trials", 0), seed=spec.get("seed"))
 
     def open_study(self, sampler):
-        self.storage_url = self.s["storage"]
+        self.storage_url = self.conf.storage
         real = secrets.reveal(self.storage_url)
         try:
             if real:
-                self.storage = open_storage(real, self.s["heartbeat_interval"], self.s["grace_period"])
+                self.storage = open_storage(real, self.conf.heartbeat_interval, self.conf.grace_period)
             else:
                 self.storage = optuna.storages.InMemoryStorage()
-            study = optuna.create_study(study_name=self.s["study_name"], storage=self.storage, sampler=sampler,
+            study = optuna.create_study(study_name=self.conf.study_name, storage=self.storage, sampler=sampler,
                                         directions=self.directions, load_if_exists=True)
         except Exception as err:
             raise UsageError(f"hydra.sweeper.storage={secrets.mask_url(self.storage_url)}: cannot open the study "
@@ -281,7 +266,7 @@ class ConstrainedSweep:
         if not real:
             job_api.in_process_storages[study.study_name] = self.storage
         self.study_name, self.study_id = study.study_name, self.storage.get_study_id_from_name(study.study_name)
-        self.heartbeats = Heartbeats(self.storage, self.s["heartbeat_interval"])
+        self.heartbeats = Heartbeats(self.storage, self.conf.heartbeat_interval)
         return study
 
     # --- proposals -----------------------------------------------------------------------------------
@@ -371,7 +356,7 @@ class ConstrainedSweep:
 
     def propose(self, study):
         """The next feasible, new proposal; None when the space is exhausted."""
-        for _ in range(self.s["max_proposals_per_trial"]):
+        for _ in range(self.conf.max_proposals_per_trial):
             proposal = self.propose_once(study)
             if proposal is None or proposal.kind == "feasible":
                 return proposal
@@ -379,7 +364,7 @@ class ConstrainedSweep:
             log.info(f"  proposal #{proposal.number} not launched: {proposal.note} "
                      f"({' '.join(proposal.overrides[:len(proposal.trial.params)])})")
         raise SweepError(
-            f"{self.s['max_proposals_per_trial']} proposals in a row were over budget, invalid or repeats, so the "
+            f"{self.conf.max_proposals_per_trial} proposals in a row were over budget, invalid or repeats, so the "
             f"sweep stopped instead of spinning. Shrink the search space or loosen the budget, or raise "
             f"hydra.sweeper.max_proposals_per_trial.")
 
@@ -469,7 +454,7 @@ class ConstrainedSweep:
         else:
             self.launcher = Plugins.instance().instantiate_launcher(
                 config=self.config, hydra_context=self.hydra_context, task_function=self.task_function)
-        poll = min(5.0, float(self.s["heartbeat_interval"]))
+        poll = min(5.0, float(self.conf.heartbeat_interval))
         self.exhausted_space, self.started_at, self.crashes, self.ended = False, time.perf_counter(), [], 0
         self.stopped_by = None  # a SweepError from proposing: raised once the trials in flight are recorded
         self.waiting_for_others = False  # a finite space's last configurations are other workers' running trials
@@ -551,7 +536,7 @@ class ConstrainedSweep:
         another machine may not share (time zones)."""
         if not (isinstance(self.storage, optuna.storages.RDBStorage) and self.storage.get_heartbeat_interval()):
             return
-        now, grace = time.monotonic(), float(self.s["grace_period"])
+        now, grace = time.monotonic(), float(self.conf.grace_period)
         silent = compat.running_without_heartbeat(self.storage, self.study_id) - set(self.heartbeats.held)
         self.silent_since = {tid: self.silent_since.get(tid, now) for tid in silent}
         for trial_id, since in list(self.silent_since.items()):
@@ -569,7 +554,7 @@ class ConstrainedSweep:
         """Propose into every free slot (pool: started at once; launcher: one batch, returned)."""
         batch = []
         while not (self.exhausted_space or self.stopped_by) and (
-                self.pool.free_slot() is not None if self.pool else len(batch) < int(self.s["n_jobs"])):
+                self.pool.free_slot() is not None if self.pool else len(batch) < int(self.conf.n_jobs)):
             if self.remaining(study.get_trials(deepcopy=False))[0] <= 0:
                 break
             try:
@@ -611,14 +596,14 @@ class ConstrainedSweep:
         # otherwise the first trial to end, crashed, would be 1 of 1 and stop a sweep that allows 1 in 4.
         failed, ended = (len(self.crashes), max(self.ended, len(self.pool.slots))) if self.pool else (
             len(crashes), len(results))
-        if failed and failed / ended > float(self.s["max_failure_rate"]):
+        if failed and failed / ended > float(self.conf.max_failure_rate):
             while self.pool and self.pool.busy():  # never lose a finished trial: wait for the others
                 for proposal, ret in self.pool.collect(timeout=1.0):
                     self.record(study, proposal, ret)
             # One line, not the job's traceback: each crash's reason is in its trial (fail_reason) and its log.
             shown = self.crashes if self.pool else crashes
             counted = f"the {self.ended} trials that ended" if self.pool else f"{len(results)} trials of the batch"
-            raise SweepError(f"hydra.sweeper.max_failure_rate={self.s['max_failure_rate']}: {failed} of {counted} "
+            raise SweepError(f"hydra.sweeper.max_failure_rate={self.conf.max_failure_rate}: {failed} of {counted} "
                              f"crashed ({'; '.join(shown[:3])}{'; ...' if len(shown) > 3 else ''}): see each trial's "
                              f"log, or allow more")
 

@@ -13,12 +13,12 @@ def preview(sweep, sampler):
     `proposals=N feasible=F over_budget=O`. `sweep` is a ConstrainedSweep, set up to propose."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep.storage_url, sweep.storage = None, optuna.storages.InMemoryStorage()
-    study = optuna.create_study(study_name=sweep.s["study_name"], storage=sweep.storage, sampler=sampler,
+    study = optuna.create_study(study_name=sweep.conf.study_name, storage=sweep.storage, sampler=sampler,
                                 directions=sweep.directions)
-    existing = existing_trials(sweep.s["storage"], sweep.s["study_name"])
+    existing = existing_trials(sweep.conf.storage, sweep.conf.study_name)
     if existing:
         study.add_trials(existing)
-        print(f"preview against the {len(existing)} finished trials of study {sweep.s['study_name']}", flush=True)
+        print(f"preview against the {len(existing)} finished trials of study {sweep.conf.study_name}", flush=True)
     sweep.study_name, sweep.study_id = study.study_name, sweep.storage.get_study_id_from_name(study.study_name)
     sweep.heartbeats = Heartbeats(None, 0)
     counts, proposals = sweep.counts, 0
