@@ -15,8 +15,6 @@ has already closed is logged, not raised.
 """
 import contextlib
 import logging
-import math
-import os
 import random
 import signal
 import sys
@@ -26,11 +24,10 @@ import time
 import optuna
 from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf, open_dict, read_write
-from optuna.trial import TrialState
 
 from errors import SweepError, UsageError
 from sweeper import job as job_api
-from sweeper import report, secrets, settings as settings_mod, space as space_mod, targets
+from sweeper import report, runners, secrets, settings as settings_mod, space as space_mod, targets
 from sweeper.compose import JobConfigs
 from sweeper.constraints import Constraints
 from sweeper.pool import DevicePool, device_ids
@@ -76,8 +73,15 @@ class ConstrainedSweep:
         self.whitelist = getattr(hydra_context, "execution_whitelist", None)
         self.directions = settings_mod.directions(self.conf)
         self.n_trials = int(self.conf.n_trials)
-        self.job_idx = 0
         self.store = self.proposer = None  # a StudyStore and its Proposer, once the study is open (open_study)
+        # Set by _sweep (tests/test_sweep_loop.py sets them directly), then by run and loop.
+        self.space = self.fixed = self.extender = self.job_configs = self.constraints = self.grid = None
+        self.devices = self.pool = self._runner = self.tracking = self.parent = None
+        self.shared_env = {}  # what every job of the sweep shares (runners.share_identity), set in run
+        self.exhausted_space, self.stopped_by = False, None  # stopped_by: a SweepError from proposing, raised
+        # once the trials in flight are recorded
+        self.started_at, self.crashes, self.ended = time.perf_counter(), [], 0  # this run's ended trials, crashes
+        self.waiting, self.interrupt_pending = False, False  # Ctrl-C held until the next wait (interrupts_at_waits)
 
     @property
     def s(self):
@@ -138,7 +142,7 @@ class ConstrainedSweep:
                  f"pruner {(self.conf.pruner or {}).get('name', 'none')} | "
                  + (f"devices {self.devices} x {self.conf.trials_per_device}" if self.devices else
                     f"batches of {self.conf.n_jobs}") + (f" | MLflow parent run {self.parent}" if self.parent else ""))
-        self.share_sweep_identity()
+        self.shared_env.update(runners.share_identity(self.study_name, self.storage_url, self.parent, self.directions))
         already = len(trained_trials(study.get_trials(deepcopy=False)))
         if already:
             log.info(f"resuming: {already} of {self.n_trials} trials already trained")
@@ -257,44 +261,22 @@ class ConstrainedSweep:
 
     # --- proposals -----------------------------------------------------------------------------------
     # --- the loop --------------------------------------------------------------------------------------
-    def share_sweep_identity(self):
-        """What every job of this sweep shares (study, storage, parent run) goes into this process's
-        environment, which launched jobs inherit (the pool's workers, started earlier, get it with each
-        trial); what differs per job goes into `hydra.job.env_set`."""
-        self.shared_env = {job_api.ENV_STUDY: self.study_name, job_api.ENV_STORAGE: secrets.mask_url(self.storage_url or ""),
-                           job_api.ENV_PARENT_RUN: self.parent or "", job_api.ENV_DIRECTIONS: ",".join(self.directions),
-                           secrets.ENV: os.environ.get(secrets.ENV, "{}")}
-        os.environ.update(self.shared_env)
-
-    def identity(self, proposal, device=None):
-        """Per-job environment (hydra.job.env_set, applied around the task function by every launcher)."""
-        env = {job_api.ENV_TRIAL: proposal.number, job_api.ENV_TRIAL_ID: proposal.trial_id}
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = device
-        quote = lambda v: "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731
-        return [f"++hydra.job.env_set.{key}={quote(value)}" for key, value in env.items()]
-
     def loop(self, study):
         """Keep every slot busy (pool) or run batches of n_jobs (launcher) until n_trials have trained,
         the space is exhausted, or too many jobs crash."""
         if self.pool:
             log.info("devices given: trials run in the sweeper's device pool (hydra/launcher is not used)")
-        else:
-            self.launcher = Plugins.instance().instantiate_launcher(
-                config=self.config, hydra_context=self.hydra_context, task_function=self.task_function)
+        runner = self.runner
         poll = min(5.0, float(self.conf.heartbeat_interval))
         self.exhausted_space, self.started_at, self.crashes, self.ended = False, time.perf_counter(), [], 0
-        self.stopped_by = None  # a SweepError from proposing: raised once the trials in flight are recorded
+        self.stopped_by = None
         with self.interrupts_at_waits():
             while True:
                 self.store.fail_dead_trials(study)  # a dead worker's trials: heartbeat stale, or never had one
                 started = self.start_trials(study)
-                if self.pool:
-                    results = self.pool.collect(timeout=poll, wait_with=self.wait)
-                else:
-                    results = list(zip(started, self.launch(started))) if started else []
+                results = runner.collect(started, timeout=poll, wait=self.wait)
                 self.record_all(study, results)
-                if (self.pool and self.pool.busy()) or results:
+                if runner.busy() or results:
                     continue
                 if self.stopped_by is not None:
                     raise self.stopped_by
@@ -337,11 +319,22 @@ class ConstrainedSweep:
         finally:
             self.waiting = False
 
+    @property
+    def runner(self):
+        """Where the trials run (sweeper/runners.py): the device pool's slots, or hydra/launcher (instantiated
+        on first use) in batches of n_jobs."""
+        if self._runner is None:
+            self._runner = runners.PoolRunner(self.pool, self.config, self.hydra_context.config_loader,
+                                              self.shared_env) if self.pool else runners.LauncherRunner(
+                Plugins.instance().instantiate_launcher(config=self.config, hydra_context=self.hydra_context,
+                                                        task_function=self.task_function), int(self.conf.n_jobs))
+        return self._runner
+
     def start_trials(self, study):
         """Propose into every free slot (pool: started at once; launcher: one batch, returned)."""
         batch = []
         while not (self.exhausted_space or self.stopped_by) and (
-                self.pool.free_slot() is not None if self.pool else len(batch) < int(self.conf.n_jobs)):
+                self.runner.room(len(batch))):
             if self.proposer.remaining(study.get_trials(deepcopy=False))[0] <= 0:
                 break
             try:
@@ -359,11 +352,7 @@ class ConstrainedSweep:
                 break
             self.proposer.mark_launched(proposal)
             batch.append(proposal)
-            if self.pool:
-                slot = self.pool.free_slot()
-                self.pool.start(slot, self.sweep_config(proposal, slot.device), proposal, self.shared_env)
-                log.info(f"  trial #{proposal.number} on device {slot.device}: "
-                         f"{' '.join(proposal.overrides[:len(proposal.trial.params)])}")
+            self.runner.start(proposal)
         return batch
 
     def record_all(self, study, results):
@@ -372,80 +361,19 @@ class ConstrainedSweep:
         many as it has slots)."""
         if not results:
             return
-        crashes = [crash for proposal, ret in results if (crash := self.record(study, proposal, ret)) is not None]
+        crashes = [crash for proposal, ret in results
+                   if (crash := self.store.record(study, proposal, ret, self.directions)) is not None]
         self.crashes += crashes
         self.ended += len(results)
         done = len(trained_trials(study.get_trials(deepcopy=False)))
         log.info(f"[{done}/{self.n_trials} trained | {self.proposer.counts['over_budget']} over budget, "
                  f"{self.proposer.counts['invalid']} invalid, {self.proposer.counts['repeat']} repeats skipped | "
                  f"{time.perf_counter() - self.started_at:.0f}s]")
-        # A pool judges every trial of this run so far, as if its slots were one batch until more have ended:
-        # otherwise the first trial to end, crashed, would be 1 of 1 and stop a sweep that allows 1 in 4.
-        failed, ended = (len(self.crashes), max(self.ended, len(self.pool.slots))) if self.pool else (
-            len(crashes), len(results))
+        failed, ended, shown, counted = self.runner.crash_basis(crashes, len(results), self.crashes, self.ended)
         if failed and failed / ended > float(self.conf.max_failure_rate):
-            while self.pool and self.pool.busy():  # never lose a finished trial: wait for the others
-                for proposal, ret in self.pool.collect(timeout=1.0):
-                    self.record(study, proposal, ret)
+            for proposal, ret in self.runner.drain():
+                self.store.record(study, proposal, ret, self.directions)
             # One line, not the job's traceback: each crash's reason is in its trial (fail_reason) and its log.
-            shown = self.crashes if self.pool else crashes
-            counted = f"the {self.ended} trials that ended" if self.pool else f"{len(results)} trials of the batch"
             raise SweepError(f"hydra.sweeper.max_failure_rate={self.conf.max_failure_rate}: {failed} of {counted} "
                              f"crashed ({'; '.join(shown[:3])}{'; ...' if len(shown) > 3 else ''}): see each trial's "
                              f"log, or allow more")
-
-    def sweep_config(self, proposal, device):
-        """The trial's full Hydra config for the pool (the launchers compose their own)."""
-        overrides = list(proposal.overrides) + self.identity(proposal, device)
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(cfg):
-            cfg.hydra.job.id = str(self.job_idx)
-            cfg.hydra.job.num = self.job_idx
-        self.job_idx += 1
-        return cfg
-
-    def launch(self, batch):
-        jobs = [tuple(p.overrides) + tuple(self.identity(p)) for p in batch]
-        returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
-        self.job_idx += len(returns)
-        return returns
-
-    def record(self, study, proposal, ret):
-        """Tell the study how a launched trial ended. Returns `#N <reason's first line>` for a job that crashed."""
-        try:
-            value = ret.return_value  # re-raises the job's exception
-        except Exception as err:  # noqa: BLE001 - every job error is recorded, then judged by max_failure_rate
-            reason = secrets.mask_url(f"{type(err).__name__}: {err}")[:1000]
-            self.store.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
-            log.warning(f"  trial #{proposal.number} failed: {reason}")
-            return f"#{proposal.number} {reason.strip().splitlines()[0]}"
-        if isinstance(value, job_api.Pruned):
-            self.store.close(study, proposal, TrialState.PRUNED)
-            log.info(f"  trial #{proposal.number} pruned: {value.message}")
-            return None
-        if isinstance(value, job_api.Failed):
-            reason = secrets.mask_url(str(value.reason))[:1000]
-            self.store.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
-            log.warning(f"  trial #{proposal.number} failed: {reason}")
-            return None
-        values = self.numbers(value)
-        if values is None:
-            reason = (f"the job returned {value!r}, not {'a number' if len(self.directions) == 1 else f'{len(self.directions)} numbers'}")
-            self.store.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason[:1000]})
-            log.warning(f"  trial #{proposal.number}: {reason}; recorded as FAIL, the sweep goes on")
-            return None
-        self.store.close(study, proposal, TrialState.COMPLETE, values=values)
-        shown = " ".join(f"{k}={v}" for k, v in proposal.measured.items())
-        log.info(f"  trial #{proposal.number}: value {', '.join(f'{v:.4f}' for v in values)}{' | ' + shown if shown else ''}")
-        return None
-
-    def numbers(self, value):
-        """The job's return as finite floats, one per direction; None if it is not that."""
-        items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
-        try:
-            numbers = [float(v) for v in items if not isinstance(v, (str, bool))]
-        except (TypeError, ValueError):
-            return None
-        if len(numbers) != len(items) or len(numbers) != len(self.directions):
-            return None
-        return numbers if all(math.isfinite(v) for v in numbers) else None

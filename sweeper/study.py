@@ -1,10 +1,12 @@
 """The study as several processes share it: which trials count, tolerant tells, this process's heartbeats,
 and the StudyStore that opens the study and reclaims the trials of workers that died."""
 import logging
+import math
 import threading
 import time
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from errors import UsageError
@@ -172,3 +174,44 @@ class StudyStore:
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # it ended meanwhile, or another worker failed it first
             del self.silent_since[trial_id]
+
+    def record(self, study, proposal, ret, directions):
+        """Tell the study how a launched trial ended. Returns `#N <reason's first line>` for a job that crashed."""
+        try:
+            value = ret.return_value  # re-raises the job's exception
+        except Exception as err:  # noqa: BLE001 - every job error is recorded, then judged by max_failure_rate
+            reason = secrets.mask_url(f"{type(err).__name__}: {err}")[:1000]
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
+            log.warning(f"  trial #{proposal.number} failed: {reason}")
+            return f"#{proposal.number} {reason.strip().splitlines()[0]}"
+        if isinstance(value, job_api.Pruned):
+            self.close(study, proposal, TrialState.PRUNED)
+            log.info(f"  trial #{proposal.number} pruned: {value.message}")
+            return None
+        if isinstance(value, job_api.Failed):
+            reason = secrets.mask_url(str(value.reason))[:1000]
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
+            log.warning(f"  trial #{proposal.number} failed: {reason}")
+            return None
+        values = self.numbers(value, len(directions))
+        if values is None:
+            reason = (f"the job returned {value!r}, not {'a number' if len(directions) == 1 else f'{len(directions)} numbers'}")
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason[:1000]})
+            log.warning(f"  trial #{proposal.number}: {reason}; recorded as FAIL, the sweep goes on")
+            return None
+        self.close(study, proposal, TrialState.COMPLETE, values=values)
+        shown = " ".join(f"{k}={v}" for k, v in proposal.measured.items())
+        log.info(f"  trial #{proposal.number}: value {', '.join(f'{v:.4f}' for v in values)}{' | ' + shown if shown else ''}")
+        return None
+
+    @staticmethod
+    def numbers(value, count):
+        """The job's return as finite floats, one per direction; None if it is not that."""
+        items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+        try:
+            numbers = [float(v) for v in items if not isinstance(v, (str, bool))]
+        except (TypeError, ValueError):
+            return None
+        if len(numbers) != len(items) or len(numbers) != count:
+            return None
+        return numbers if all(math.isfinite(v) for v in numbers) else None
