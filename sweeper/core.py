@@ -15,42 +15,24 @@ has already closed is logged, not raised.
 """
 import contextlib
 import logging
-import random
 import signal
 import sys
 import threading
 import time
 
-import optuna
 from hydra.core.plugins import Plugins
-from omegaconf import OmegaConf, open_dict, read_write
 
 from errors import SweepError, UsageError
 from sweeper import job as job_api
-from sweeper import report, runners, secrets, settings as settings_mod, space as space_mod, targets
+from sweeper import report, runners, secrets, settings as settings_mod, setup, space as space_mod
 from sweeper.compose import JobConfigs
 from sweeper.constraints import Constraints
 from sweeper.pool import DevicePool, device_ids
 from sweeper.preview import preview
 from sweeper.propose import Proposal, Proposer, readable  # noqa: F401 - Proposal, readable: importable here as before
-from sweeper.sampler import ConstrainedSampler
 from sweeper.study import StudyStore, tell, trained_trials  # noqa: F401 - tell: importable here as before
 
 log = logging.getLogger(__name__)
-
-SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
-
-
-def _strings(container, prefix=""):
-    """(dotted path, value) of every string in a nested dict/list container."""
-    items = container.items() if isinstance(container, dict) else enumerate(container or [])
-    for key, value in items:
-        path = f"{prefix}{key}"
-        if isinstance(value, (dict, list)):
-            yield from _strings(value, f"{path}.")
-        elif isinstance(value, str):
-            yield path, value
-
 
 def _part(owner, name, settable=False):
     """`sweep.<name>` as the attribute of one of its parts (tests/test_sweep_loop.py reaches them through the sweep)."""
@@ -102,20 +84,20 @@ class ConstrainedSweep:
 
     def _sweep(self, arguments):
         settings_mod.check_heartbeats(self.conf)
-        arguments = self.hide_secrets(arguments)
+        arguments = setup.hide_secrets(self.config, self.conf, arguments)
         self.space, self.fixed = space_mod.parse(self.conf.params, arguments)
         self.extender = self.build_extender()
         if not self.space and self.extender is None:
             raise UsageError("hydra.sweeper.params: the search space is empty: give hydra.sweeper.params (a search "
                              "preset) or sweep overrides such as model.dropout='interval(0,0.3)'")
         self.job_configs = JobConfigs(self.hydra_context.config_loader, self.config)
-        base = self.base_config()
+        base = setup.base_config(self.job_configs, self.fixed, self.space, self.config)
         self.constraints = self.build(Constraints, self.conf.constraints, self.whitelist)
         self.build(job_api.build_pruner, self.conf.pruner)  # an unknown pruner stops here, not in the first job
         self.devices = self.build(device_ids, self.conf.devices)
         sampler = self.build_sampler()
         if self.conf.preview:
-            return preview(self.conf, self.directions, sampler, self.proposer_on)
+            return preview(self.conf, self.directions, sampler, lambda store: Proposer.for_sweep(self, store))
         self.preflight(base)
         # Started now, so that the pool's workers import the app while the study and MLflow open.
         self.pool = self.build(DevicePool, self.devices, int(self.conf.trials_per_device), self.task_function,
@@ -179,88 +161,26 @@ class ConstrainedSweep:
     def open_study(self, sampler):
         """Open (or resume) the study; the Proposer works on it from then on."""
         self.store, study = StudyStore.open(self.conf, sampler, self.directions)
-        self.proposer = self.proposer_on(self.store)
+        self.proposer = Proposer.for_sweep(self, self.store)
         return study
 
-    def proposer_on(self, store):
-        """A Proposer for `store`'s study, from this sweep's search space, constraints and sampler seed."""
-        seed = (settings_mod.sampler_spec(self.conf) or {}).get("seed")
-        return Proposer(store, self.space, self.fixed, self.extender, self.config, self.job_configs, self.constraints,
-                        self.grid, random.Random(seed), self.n_trials, self.conf.max_proposals_per_trial)
-
-    # --- set-up --------------------------------------------------------------------------------------
-    @staticmethod
-    def build(make, *args):
-        try:
-            return make(*args)
-        except (ValueError, TypeError) as err:
-            raise UsageError(str(err)) from err
-
-    def hide_secrets(self, arguments):
-        """Remember real URLs (for this process and its jobs) and mask them in everything passed on."""
-        overrides = self.config.hydra.overrides
-        secrets.remember(self.conf.storage, (self.conf.mlflow or {}).get("tracking_uri"), *arguments,
-                         *overrides.hydra, *overrides.task)
-        with read_write(overrides), open_dict(overrides):
-            overrides.hydra = [secrets.mask_url(o) for o in overrides.hydra]
-            overrides.task = [secrets.mask_url(o) for o in overrides.task]
-        # Jobs are composed from the masked overrides, and Hydra requires their hydra.sweeper to equal this one.
-        node = self.config.hydra.sweeper
-        for path, value in _strings(OmegaConf.to_container(node, resolve=False)):
-            if secrets.has_password(value):
-                with read_write(node), open_dict(node):
-                    OmegaConf.update(node, path, secrets.mask_url(value), merge=False)
-        return [secrets.mask_url(a) for a in arguments]
+    # --- set-up (sweeper/setup.py); these four are the sweep's own so that tests can call them on it ----------
+    build = staticmethod(setup.build)
 
     def build_extender(self):
-        if not self.conf.custom_search_space:
-            return None
-        return self.build(targets.build, "hydra.sweeper.custom_search_space",
-                          {"_target_": self.conf.custom_search_space, "_partial_": True}, self.whitelist)
-
-    def base_config(self):
-        """The job config without search values; every plain search key must be in it."""
-        try:
-            base = self.job_configs(self.fixed)
-        except Exception as err:
-            raise UsageError(f"the sweep's fixed overrides do not compose: {str(err).splitlines()[0]}") from err
-        missing = space_mod.missing_keys(self.space, base, self.job_configs.is_group)
-        if missing:
-            choices = self.config.hydra.runtime.choices
-            groups = [f"{g}={choices[g]}" for g in dict.fromkeys(k.split(".")[0] for k in missing) if g in choices]
-            raise UsageError(
-                f"hydra.sweeper.params: {', '.join(repr(k) for k in missing)} "
-                f"{'is not a key' if len(missing) == 1 else 'are not keys'} of the config"
-                + (f" ({', '.join(groups)})" if groups else "")
-                + ": add it to that config, or search other keys (a hydra/sweeper/search preset that fits, "
-                  "or the space on the command line)")
-        return base
+        return setup.extender(self.conf, self.whitelist)
 
     def preflight(self, base):
-        if not self.conf.preflight:
-            return
-        spec = dict(self.conf.preflight)
-        spec.setdefault("_partial_", True)
-        check = self.build(targets.build, "hydra.sweeper.preflight._target_", spec, self.whitelist)
-        try:
-            check(base)
-        except Exception as err:  # noqa: BLE001 - the check's own message says what to change
-            raise UsageError(str(err).strip() or type(err).__name__) from err
+        setup.preflight(self.conf, self.whitelist, base)
 
     def build_sampler(self):
-        spec = dict(settings_mod.sampler_spec(self.conf) or {"_target_": "optuna.samplers.TPESampler"})
-        inner = self.build(targets.build, "hydra.sweeper.sampler._target_", spec, SAMPLER_WHITELIST)
-        self.grid = None
-        if callable(inner) and getattr(inner, "func", None) is optuna.samplers.GridSampler:
-            try:
-                choices = space_mod.grid(self.space)
-            except ValueError as err:
-                raise UsageError(str(err)) from err
-            inner = self.grid = inner(choices)
-        return ConstrainedSampler(inner, n_startup_trials=spec.get("n_startup_trials", 0), seed=spec.get("seed"))
+        sampler, self.grid = setup.sampler(self.conf, self.space)
+        return sampler
 
-    # --- proposals -----------------------------------------------------------------------------------
     # --- the loop --------------------------------------------------------------------------------------
+
+    # --- set-up --------------------------------------------------------------------------------------
+    # --- proposals -----------------------------------------------------------------------------------
     def loop(self, study):
         """Keep every slot busy (pool) or run batches of n_jobs (launcher) until n_trials have trained,
         the space is exhausted, or too many jobs crash."""

@@ -4,6 +4,7 @@ that is over budget, invalid, or a repeat of a trained or running trial (another
 The preview (sweeper/preview.py) is this Proposer on an in-memory study.
 """
 import logging
+import random
 from dataclasses import dataclass, field
 
 import optuna
@@ -13,6 +14,7 @@ from errors import SweepError
 from sweeper import secrets, space as space_mod
 from sweeper.constraints import INVALID_AMOUNT, Verdict
 from sweeper.sampler import is_placeholder
+from sweeper.settings import sampler_spec
 from sweeper.study import set_attrs, trained_trials
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,13 @@ class Proposer:
         self.n_trials, self.max_proposals = n_trials, max_proposals
         self.counts = {"feasible": 0, "over_budget": 0, "invalid": 0, "repeat": 0}
         self.waiting_for_others = False  # a finite space's last configurations are other workers' running trials
+
+    @classmethod
+    def for_sweep(cls, sweep, store):
+        """A Proposer for `store`'s study, from the sweep's (sweeper/core.py) search space, constraints and sampler seed."""
+        seed = (sampler_spec(sweep.conf) or {}).get("seed")
+        return cls(store, sweep.space, sweep.fixed, sweep.extender, sweep.config, sweep.job_configs, sweep.constraints,
+                        sweep.grid, random.Random(seed), sweep.n_trials, sweep.conf.max_proposals_per_trial)
 
     def propose_once(self, study):
         """Ask one trial and judge it. Returns a Proposal (kind feasible, over_budget, invalid or repeat; only a
