@@ -31,8 +31,10 @@ from sweeper.pool import DevicePool, device_ids
 from sweeper.preview import preview
 from sweeper.propose import Proposal, Proposer, readable  # noqa: F401 - Proposal, readable: importable here as before
 from sweeper.study import StudyStore, tell, trained_trials  # noqa: F401 - tell: importable here as before
+from sweeper.tracking import Tracking
 
 log = logging.getLogger(__name__)
+
 
 def _part(owner, name, settable=False):
     """`sweep.<name>` as the attribute of one of its parts (tests/test_sweep_loop.py reaches them through the sweep)."""
@@ -113,7 +115,7 @@ class ConstrainedSweep:
                 self.pool.shutdown(wait=False)  # they exit in the background (the interpreter joins them)
 
     def run(self, study):
-        self.tracking = report.Tracking(self.conf.mlflow)
+        self.tracking = Tracking(self.conf.mlflow)
         try:
             self.parent = self.tracking.parent_run(study, self.storage)
         except Exception as err:
