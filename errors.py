@@ -41,3 +41,13 @@ class CheckpointError(UserError, RuntimeError):
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite: a result of the run, not a bug and not a bad config.
     A single run reports it and fails; a sweep records the trial as failed and goes on."""
+
+
+class UsageError(UserError):
+    """A sweep that cannot start (a hydra.sweeper setting, a _target_ that cannot be built, a study that
+    cannot be opened); printed as one line `error: ...`, exit status 2, nothing written."""
+
+
+class SweepError(UserError, RuntimeError):
+    """A sweep that cannot go on (too many crashes, too many refused proposals in a row); the message says
+    why and what to change. Printed as one line `error: ...`, exit status 2."""

@@ -5,25 +5,22 @@ import optuna
 
 from sweeper import secrets
 from sweeper.stores import sqlite_path
-from sweeper.study import Heartbeats
+from sweeper.study import StudyStore
 
 
-def preview(sweep, sampler):
+def preview(conf, directions, sampler, proposer_on):
     """Print one line per proposal (its values, measured amounts, verdict) and, last,
-    `proposals=N feasible=F over_budget=O`. `sweep` is a ConstrainedSweep, set up to propose."""
+    `proposals=N feasible=F over_budget=O`. `proposer_on(store)` gives the sweep's Proposer on a StudyStore."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sweep.storage_url, sweep.storage = None, optuna.storages.InMemoryStorage()
-    study = optuna.create_study(study_name=sweep.s["study_name"], storage=sweep.storage, sampler=sampler,
-                                directions=sweep.directions)
-    existing = existing_trials(sweep.s["storage"], sweep.s["study_name"])
+    store, study = StudyStore.in_memory(conf.study_name, sampler, directions)
+    existing = existing_trials(conf.storage, conf.study_name)
     if existing:
         study.add_trials(existing)
-        print(f"preview against the {len(existing)} finished trials of study {sweep.s['study_name']}", flush=True)
-    sweep.study_name, sweep.study_id = study.study_name, sweep.storage.get_study_id_from_name(study.study_name)
-    sweep.heartbeats = Heartbeats(None, 0)
-    counts, proposals = sweep.counts, 0
-    while proposals < sweep.n_trials:
-        proposal = sweep.propose_once(study)
+        print(f"preview against the {len(existing)} finished trials of study {conf.study_name}", flush=True)
+    proposer = proposer_on(store)
+    counts, proposals = proposer.counts, 0
+    while proposals < proposer.n_trials:
+        proposal = proposer.propose_once(study)
         if proposal is None:
             print("every configuration of the search space has been proposed", flush=True)
             break

@@ -1,9 +1,17 @@
-"""The study as several processes share it: which trials count, tolerant tells, and this process's heartbeats."""
+"""The study as several processes share it: which trials count, tolerant tells, this process's heartbeats,
+and the StudyStore that opens the study and reclaims the trials of workers that died."""
 import logging
+import math
 import threading
+import time
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
+
+from errors import UsageError
+from sweeper import compat, job as job_api, secrets
+from sweeper.stores import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +86,132 @@ class Heartbeats:
         self.stopped.set()
 
 
+class StudyStore:
+    """The study's storage as this process uses it: opened once, the heartbeats of the trials this process
+    holds (from `ask` until `tell`), the tell that releases one, and the trials that dead workers left RUNNING."""
+
+    def __init__(self, storage, storage_url, study_name, heartbeat_interval, grace_period):
+        self.storage, self.storage_url, self.study_name = storage, storage_url, study_name
+        self.study_id = storage.get_study_id_from_name(study_name)
+        self.heartbeats = Heartbeats(storage, heartbeat_interval)
+        self.grace_period = grace_period
+        self.silent_since = {}  # trial id -> when this process first saw it RUNNING without any heartbeat
+
+    @classmethod
+    def open(cls, conf, sampler, directions):
+        """(StudyStore, study) for hydra.sweeper.storage (None: in this process's memory), created or resumed."""
+        real = secrets.reveal(conf.storage)
+        try:
+            if real:
+                storage = open_storage(real, conf.heartbeat_interval, conf.grace_period)
+            else:
+                storage = optuna.storages.InMemoryStorage()
+            study = optuna.create_study(study_name=conf.study_name, storage=storage, sampler=sampler,
+                                        directions=directions, load_if_exists=True)
+        except Exception as err:
+            raise UsageError(f"hydra.sweeper.storage={secrets.mask_url(conf.storage)}: cannot open the study "
+                             f"({type(err).__name__}: {secrets.mask_url(str(err)).splitlines()[0]})") from err
+        if not real:
+            job_api.in_process_storages[study.study_name] = storage
+        return cls(storage, conf.storage, study.study_name, conf.heartbeat_interval, conf.grace_period), study
+
+    @classmethod
+    def in_memory(cls, study_name, sampler, directions):
+        """(StudyStore, study) in memory, without heartbeats: the preview's."""
+        storage = optuna.storages.InMemoryStorage()
+        study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, directions=directions)
+        return cls(storage, None, study.study_name, 0, 0), study
+
+    def close(self, study, proposal, state, values=None, attrs=None):
+        """Record how a trial ended and stop its heartbeat."""
+        if attrs:
+            set_attrs(proposal.trial, attrs)
+        recorded = tell(study, proposal.number, state=state, values=values)
+        self.heartbeats.release(proposal.trial_id)
+        return recorded
+
+    def close_held(self, study):
+        """Ctrl-C: the trials this process holds will never report. Record them FAIL (user attr `interrupted`)
+        now, so that a re-run proposes their configurations again at once instead of first waiting
+        grace_period for their heartbeats to go stale (the summary then marks their MLflow runs KILLED)."""
+        with self.heartbeats.lock:
+            held = dict(self.heartbeats.held)
+        for trial_id, number in held.items():
+            try:
+                self.storage.set_trial_user_attr(trial_id, "interrupted", True)
+            except Exception:  # noqa: BLE001 - closed by another process meanwhile: its verdict stands
+                continue
+            if number is not None and tell(study, number, state=TrialState.FAIL):
+                log.info(f"  trial #{number}: interrupted, recorded FAIL")
+            self.heartbeats.release(trial_id)
+
+    def fail_dead_trials(self, study):
+        """Free the slots of workers that died: trials whose heartbeat is stale (Optuna's check) and those
+        that never had one (fail_silent_trials)."""
+        optuna.storages.fail_stale_trials(study)
+        self.fail_silent_trials()
+
+    def fail_silent_trials(self):
+        """Fail another worker's RUNNING trial that has had no heartbeat at all for grace_period.
+
+        Optuna's stale-trial check compares heartbeat rows, so a worker killed between creating a trial and
+        its first heartbeat (milliseconds) leaves a trial that it never fails, and that every worker counts
+        in flight for ever. The time is this process's own (since it first saw the trial without a
+        heartbeat), not the trial's start: that is written with the creating machine's local clock, which
+        another machine may not share (time zones)."""
+        if not (isinstance(self.storage, optuna.storages.RDBStorage) and self.storage.get_heartbeat_interval()):
+            return
+        now, grace = time.monotonic(), float(self.grace_period)
+        silent = compat.running_without_heartbeat(self.storage, self.study_id) - set(self.heartbeats.held)
+        self.silent_since = {tid: self.silent_since.get(tid, now) for tid in silent}
+        for trial_id, since in list(self.silent_since.items()):
+            if now - since < grace:
+                continue
+            try:
+                if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    log.info(f"  trial id {trial_id}: RUNNING without a heartbeat for {grace:.0f}s (its worker died "
+                             f"before its first one): failed, its slot is free")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it ended meanwhile, or another worker failed it first
+            del self.silent_since[trial_id]
+
+    def record(self, study, proposal, ret, directions):
+        """Tell the study how a launched trial ended. Returns `#N <reason's first line>` for a job that crashed."""
+        try:
+            value = ret.return_value  # re-raises the job's exception
+        except Exception as err:  # noqa: BLE001 - every job error is recorded, then judged by max_failure_rate
+            reason = secrets.mask_url(f"{type(err).__name__}: {err}")[:1000]
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
+            log.warning(f"  trial #{proposal.number} failed: {reason}")
+            return f"#{proposal.number} {reason.strip().splitlines()[0]}"
+        if isinstance(value, job_api.Pruned):
+            self.close(study, proposal, TrialState.PRUNED)
+            log.info(f"  trial #{proposal.number} pruned: {value.message}")
+            return None
+        if isinstance(value, job_api.Failed):
+            reason = secrets.mask_url(str(value.reason))[:1000]
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
+            log.warning(f"  trial #{proposal.number} failed: {reason}")
+            return None
+        values = self.numbers(value, len(directions))
+        if values is None:
+            reason = (f"the job returned {value!r}, not {'a number' if len(directions) == 1 else f'{len(directions)} numbers'}")
+            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason[:1000]})
+            log.warning(f"  trial #{proposal.number}: {reason}; recorded as FAIL, the sweep goes on")
+            return None
+        self.close(study, proposal, TrialState.COMPLETE, values=values)
+        shown = " ".join(f"{k}={v}" for k, v in proposal.measured.items())
+        log.info(f"  trial #{proposal.number}: value {', '.join(f'{v:.4f}' for v in values)}{' | ' + shown if shown else ''}")
+        return None
+
+    @staticmethod
+    def numbers(value, count):
+        """The job's return as finite floats, one per direction; None if it is not that."""
+        items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+        try:
+            numbers = [float(v) for v in items if not isinstance(v, (str, bool))]
+        except (TypeError, ValueError):
+            return None
+        if len(numbers) != len(items) or len(numbers) != count:
+            return None
+        return numbers if all(math.isfinite(v) for v in numbers) else None
