@@ -12,6 +12,11 @@ stopped (its worker was killed) is failed by `optuna.storages.fail_stale_trials`
 `grace_period` and its slot proposed again (one that never had a heartbeat too: fail_silent_trials);
 until then other workers count it as in flight and wait. A result for a trial that another process
 has already closed is logged, not raised.
+
+ConstrainedSweep only coordinates; each job is elsewhere: the plugin's typed settings (sweeper/settings.py),
+set-up (sweeper/setup.py), proposing (Proposer, sweeper/propose.py), the study, its heartbeats and dead
+workers' trials (StudyStore, sweeper/study.py), running (LauncherRunner and PoolRunner, sweeper/runners.py),
+the MLflow parent run (sweeper/tracking.py) and the summary (sweeper/report.py).
 """
 import contextlib
 import logging
@@ -180,9 +185,6 @@ class ConstrainedSweep:
         return sampler
 
     # --- the loop --------------------------------------------------------------------------------------
-
-    # --- set-up --------------------------------------------------------------------------------------
-    # --- proposals -----------------------------------------------------------------------------------
     def loop(self, study):
         """Keep every slot busy (pool) or run batches of n_jobs (launcher) until n_trials have trained,
         the space is exhausted, or too many jobs crash."""
@@ -255,8 +257,7 @@ class ConstrainedSweep:
     def start_trials(self, study):
         """Propose into every free slot (pool: started at once; launcher: one batch, returned)."""
         batch = []
-        while not (self.exhausted_space or self.stopped_by) and (
-                self.runner.room(len(batch))):
+        while not (self.exhausted_space or self.stopped_by) and self.runner.room(len(batch)):
             if self.proposer.remaining(study.get_trials(deepcopy=False))[0] <= 0:
                 break
             try:

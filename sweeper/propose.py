@@ -54,10 +54,10 @@ class Proposer:
 
     @classmethod
     def for_sweep(cls, sweep, store):
-        """A Proposer for `store`'s study, from the sweep's (sweeper/core.py) search space, constraints and sampler seed."""
+        """A Proposer for `store`'s study from a ConstrainedSweep's search space, constraints and sampler seed."""
         seed = (sampler_spec(sweep.conf) or {}).get("seed")
         return cls(store, sweep.space, sweep.fixed, sweep.extender, sweep.config, sweep.job_configs, sweep.constraints,
-                        sweep.grid, random.Random(seed), sweep.n_trials, sweep.conf.max_proposals_per_trial)
+                   sweep.grid, random.Random(seed), sweep.n_trials, sweep.conf.max_proposals_per_trial)
 
     def propose_once(self, study):
         """Ask one trial and judge it. Returns a Proposal (kind feasible, over_budget, invalid or repeat; only a

@@ -1,6 +1,7 @@
 """The sweep's MLflow parent run: one per study, its trials' runs as children, closed whatever happens.
 
-Optional: with `hydra.sweeper.mlflow` unset (or no tracking_uri) Tracking logs nothing, and the sweep calls it all the same.
+Optional: with `hydra.sweeper.mlflow` unset (or no tracking_uri) Tracking logs nothing, and the sweep calls it
+all the same.
 """
 import logging
 import os
