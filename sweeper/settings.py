@@ -48,3 +48,12 @@ def check_heartbeats(conf):
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace > interval:
         raise UsageError(f"hydra.sweeper.grace_period={grace}: must be longer than hydra.sweeper.heartbeat_interval "
                          f"({interval} s), or a live trial is taken for dead between two of its heartbeats")
+
+
+def check_counts(conf):
+    """The counts a sweep runs by: each a whole number >= 1 (0 slots per device waited for a free slot forever;
+    a negative n_trials ended at once, exit 0, having done nothing)."""
+    for key in ("n_trials", "n_jobs", "trials_per_device", "max_proposals_per_trial"):
+        value = getattr(conf, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"hydra.sweeper.{key}={value}: must be an integer >= 1")

@@ -5,6 +5,7 @@ import math
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from errors import UsageError
 from sweeper.compat import distribution_from_override
 
 MAX_ENUMERATED_CELLS = 100_000
@@ -17,7 +18,11 @@ def parse(params, arguments):
     space, fixed = {}, {}
     for override in OverridesParser.create().parse_overrides(lines):
         key = override.get_key_element()
-        value = distribution_from_override(override) if not override.is_delete() else None
+        try:
+            value = distribution_from_override(override) if not override.is_delete() else None
+        except ValueError as err:  # Optuna refuses a distribution whose bounds are the wrong way round
+            raise UsageError(f"{override.input_line}: {str(err).splitlines()[0]} (interval(low,high) and "
+                             f"range(low,high) take the lower bound first)") from None
         if isinstance(value, BaseDistribution):
             space[key] = value
             fixed.pop(key, None)
