@@ -26,6 +26,7 @@ import threading
 import time
 
 from hydra.core.plugins import Plugins
+from omegaconf import OmegaConf
 
 from errors import SweepError, UsageError
 from sweeper import job as job_api
@@ -168,7 +169,8 @@ class ConstrainedSweep:
     # --- the study and its proposer ----------------------------------------------------------------------------
     def open_study(self, sampler):
         """Open (or resume) the study; the Proposer works on it from then on."""
-        self.store, study = StudyStore.open(self.conf, sampler, self.directions)
+        verbose = bool(OmegaConf.select(self.config, "hydra.verbose", default=False))
+        self.store, study = StudyStore.open(self.conf, sampler, self.directions, verbose=verbose)
         self.proposer = Proposer.for_sweep(self, self.store)
         return study
 

@@ -98,9 +98,14 @@ class StudyStore:
         self.silent_since = {}  # trial id -> when this process first saw it RUNNING without any heartbeat
 
     @classmethod
-    def open(cls, conf, sampler, directions):
-        """(StudyStore, study) for hydra.sweeper.storage (None: in this process's memory), created or resumed."""
+    def open(cls, conf, sampler, directions, verbose=False):
+        """(StudyStore, study) for hydra.sweeper.storage (None: in this process's memory), created or resumed.
+        Optuna's INFO line "A new study created in RDB ..." only repeats the sweep's own first line: it shows with
+        hydra.verbose=true alone."""
         real = secrets.reveal(conf.storage)
+        quiet = not verbose and optuna.logging.get_verbosity() == optuna.logging.INFO
+        if quiet:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
             if real:
                 storage = open_storage(real, conf.heartbeat_interval, conf.grace_period)
@@ -111,6 +116,9 @@ class StudyStore:
         except Exception as err:
             raise UsageError(f"hydra.sweeper.storage={secrets.mask_url(conf.storage)}: cannot open the study "
                              f"({type(err).__name__}: {secrets.mask_url(str(err)).splitlines()[0]})") from err
+        finally:
+            if quiet:
+                optuna.logging.set_verbosity(optuna.logging.INFO)
         if not real:
             job_api.in_process_storages[study.study_name] = storage
         return cls(storage, conf.storage, study.study_name, conf.heartbeat_interval, conf.grace_period), study
