@@ -243,7 +243,14 @@ class Tracker:
                 dataset = mlflow.data.from_numpy(split.images.numpy(), targets=split.labels.numpy(),
                                                  source=str(source), name=f"{dataset_name}-{split.name}",
                                                  digest=split.digest)
-            mlflow.log_input(dataset, context=split.context)
+            try:
+                mlflow.log_input(dataset, context=split.context)
+            except mlflow.exceptions.MlflowException as err:
+                # Two workers logging the same dataset at the same moment: the second insert of its row breaks the
+                # unique key (seen on PostgreSQL in CI); the row is there now, so logging it again links it.
+                if "dataset_pk" not in str(err) and "UNIQUE constraint" not in str(err):
+                    raise
+                mlflow.log_input(dataset, context=split.context)
 
     def log_model(self, model, image_shape, serialization="pickle", metadata=None):
         """The trained network as an MLflow PyTorch model of this run, with its signature and an input example:
