@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from errors import OptimConfigError
+from training.files import write_text_atomically
 from training.lr_bounds import CSV_NAME, JSON_NAME, PNG_NAME, suggest, zero_lag
 
 RULES = ("steepest", "min_div10")
@@ -109,8 +110,8 @@ def plot(rows, smooth, low, high, path, title):
     ax_loss.set(ylabel="training loss", title=title)
     ax_acc.set(xlabel="learning rate (log scale)", ylabel="training batch accuracy (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from training.plots import save_figure
+    save_figure(fig, path)
     return path
 
 
@@ -166,8 +167,7 @@ def run_range_test(cfg, report, out_dir):
                   "scanned": [rows[0]["lr"], rows[-1]["lr"]], "model": str(cfg.model.name),
                   "optimizer": str(cfg.optimizer.name), "batch_size": int(cfg.trainer.batch_size),
                   "mlflow_run_id": run.run_id}
-        with open(paths[JSON_NAME], "w") as f:
-            json.dump(result, f, indent=2)
+        write_text_atomically(paths[JSON_NAME], json.dumps(result, indent=2))
         plot(rows, smooth, low, high, paths[PNG_NAME],
              f"LR range test: {cfg.model.name}, {cfg.optimizer.name}, batch {cfg.trainer.batch_size}")
         tracker.log_curve(rows, ("lr", "loss", "smoothed_loss", "acc", "smoothed_acc"), prefix="lr_range")

@@ -4,6 +4,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training.files import write_atomically  # noqa: E402
+
 
 def training_curves(history, path, title=""):
     epochs = [row["epoch"] for row in history]
@@ -20,6 +22,13 @@ def training_curves(history, path, title=""):
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
+
+
+def save_figure(fig, path, dpi=100):
+    """A PNG that a reader (the MLflow UI, a browser refreshing the run folder) only ever sees whole; closes `fig`."""
+    try:
+        write_atomically(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
