@@ -20,13 +20,19 @@ instead of `Trial._trial_id`; the sweeper keeps its own storage object instead o
 `Study.enqueue_trial`; and Hydra's launcher helpers `hydra.core.utils.run_job` / `setup_globals` and
 `hydra.core.singleton.Singleton.get_state` / `set_state`, which Hydra's own launchers (basic, joblib)
 use the same way.
+- The module paths of Hydra's launchers (basic, joblib, submitit), as names of the loggers that print each
+  job's launch line (`LAUNCHER_LOGGERS`): sweeper/display.py rewrites those lines so that they name the trial.
+  Only the names are used, nothing is imported; a launcher not listed keeps its own lines.
 """
 import copy
 
 import optuna
 from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
-__all__ = ["StudyView", "distribution_from_override", "running_without_heartbeat"]
+__all__ = ["LAUNCHER_LOGGERS", "StudyView", "distribution_from_override", "running_without_heartbeat"]
+
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core",
+                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
 
 
 def distribution_from_override(override):

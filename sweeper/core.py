@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from errors import SweepError, UsageError
 from sweeper import job as job_api
-from sweeper import report, runners, secrets, settings as settings_mod, setup, space as space_mod
+from sweeper import display, report, runners, secrets, settings as settings_mod, setup, space as space_mod
 from sweeper.compose import JobConfigs
 from sweeper.constraints import Constraints
 from sweeper.pool import DevicePool, device_ids
@@ -72,6 +72,7 @@ class ConstrainedSweep:
         # once the trials in flight are recorded
         self.started_at, self.crashes, self.ended = time.perf_counter(), [], 0  # this run's ended trials, crashes
         self.waiting, self.interrupt_pending = False, False  # Ctrl-C held until the next wait (interrupts_at_waits)
+        self.clock = display.SweepClock(self.n_trials)  # restarted by loop, with the trials already trained
 
     @property
     def s(self):
@@ -197,6 +198,7 @@ class ConstrainedSweep:
         poll = min(5.0, float(self.conf.heartbeat_interval))
         self.exhausted_space, self.started_at, self.crashes, self.ended = False, time.perf_counter(), [], 0
         self.stopped_by = None
+        self.clock = display.SweepClock(self.n_trials, already=len(trained_trials(study.get_trials(deepcopy=False))))
         with self.interrupts_at_waits():
             while True:
                 self.store.fail_dead_trials(study)  # a dead worker's trials: heartbeat stale, or never had one
@@ -292,9 +294,10 @@ class ConstrainedSweep:
         self.crashes += crashes
         self.ended += len(results)
         done = len(trained_trials(study.get_trials(deepcopy=False)))
-        log.info(f"[{done}/{self.n_trials} trained | {self.proposer.counts['over_budget']} over budget, "
-                 f"{self.proposer.counts['invalid']} invalid, {self.proposer.counts['repeat']} repeats skipped | "
-                 f"{time.perf_counter() - self.started_at:.0f}s]")
+        estimate = self.clock.estimate(done)
+        if estimate:
+            log.info(estimate)
+        log.info(self.clock.status(done, self.proposer.counts))
         failed, ended, shown, counted = self.runner.crash_basis(crashes, len(results), self.crashes, self.ended)
         if failed and failed / ended > float(self.conf.max_failure_rate):
             for proposal, ret in self.runner.drain():

@@ -12,6 +12,7 @@ from typing import Protocol
 from omegaconf import open_dict
 
 from sweeper import job as job_api, secrets
+from sweeper.display import LaunchLines
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class LauncherRunner:
 
     def __init__(self, launcher, n_jobs):
         self.launcher, self.n_jobs, self.job_idx = launcher, n_jobs, 0
+        self.lines = LaunchLines()  # the launcher's `#<job idx> : ...` lines, shown as `trial #<number>: ...`
 
     def room(self, started):
         return started < self.n_jobs
@@ -72,7 +74,10 @@ class LauncherRunner:
         if not started:
             return []
         jobs = [tuple(p.overrides) + tuple(identity(p)) for p in started]
-        returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
+        for offset, proposal in enumerate(started):
+            self.lines.expect(self.job_idx + offset, proposal.number)
+        with self.lines:
+            returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
         self.job_idx += len(returns)
         return list(zip(started, returns))
 
