@@ -91,8 +91,8 @@ class ConfirmTrial:
 
 
 class Confirmation:
-    def __init__(self, top_k, seeds, seed_key):
-        self.top_k, self.seeds, self.seed_key = top_k, seeds, seed_key
+    def __init__(self, top_k, seeds, seed_key, base_seed=0):
+        self.top_k, self.seeds, self.seed_key, self.base_seed = top_k, seeds, seed_key, base_seed
 
     @classmethod
     def from_settings(cls, raw, directions, base):
@@ -122,7 +122,7 @@ class Confirmation:
         if isinstance(found, bool) or not isinstance(found, int):
             raise UsageError(f"hydra.sweeper.confirm.seed_key={key}: the job config's value {found!r} is not an "
                              f"integer seed")
-        return cls(values["top_k"], values["seeds"], key)
+        return cls(values["top_k"], values["seeds"], key, found)
 
     # --- what to confirm ---------------------------------------------------------------------------
     def candidates(self, trials, direction):
@@ -132,8 +132,11 @@ class Confirmation:
 
     def seeds_of(self, sweep, trial):
         """seed_key's value in the trial's job config (its search seed) s -> [s+1, ..., s+seeds]."""
-        base = OmegaConf.select(sweep.job_configs(launched_overrides(trial)), self.seed_key)
-        return [int(base) + i for i in range(1, self.seeds + 1)]
+        try:
+            base = int(OmegaConf.select(sweep.job_configs(launched_overrides(trial)), self.seed_key))
+        except Exception:  # noqa: BLE001 - a trial of an older config that no longer composes: the sweep's seed
+            base = self.base_seed
+        return [base + i for i in range(1, self.seeds + 1)]
 
     @staticmethod
     def taken(trials):
