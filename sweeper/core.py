@@ -32,6 +32,7 @@ from errors import SweepError, UsageError
 from sweeper import job as job_api
 from sweeper import display, report, runners, secrets, settings as settings_mod, setup, space as space_mod
 from sweeper.compose import JobConfigs
+from sweeper.confirm import Confirmation
 from sweeper.constraints import Constraints
 from sweeper.pool import DevicePool, device_ids
 from sweeper.preview import preview
@@ -67,6 +68,7 @@ class ConstrainedSweep:
         # Set by _sweep (tests/test_sweep_loop.py sets them directly), then by run and loop.
         self.space = self.fixed = self.extender = self.job_configs = self.constraints = self.grid = None
         self.devices = self.pool = self._runner = self.tracking = self.parent = None
+        self.confirmation = self.confirmed = None  # hydra.sweeper.confirm (sweeper/confirm.py) and its Outcome
         self.shared_env = {}  # what every job of the sweep shares (runners.share_identity), set in run
         self.exhausted_space, self.stopped_by = False, None  # stopped_by: a SweepError from proposing, raised
         # once the trials in flight are recorded
@@ -102,6 +104,7 @@ class ConstrainedSweep:
                              "preset) or sweep overrides such as model.dropout='interval(0,0.3)'")
         self.job_configs = JobConfigs(self.hydra_context.config_loader, self.config)
         base = setup.base_config(self.job_configs, self.fixed, self.space, self.config)
+        self.confirmation = Confirmation.from_settings(self.conf.confirm, self.directions, base)
         self.constraints = self.build(Constraints, self.conf.constraints, self.whitelist)
         self.build(job_api.build_pruner, self.conf.pruner)  # an unknown pruner stops here, not in the first job
         self.devices = self.build(device_ids, self.conf.devices)
@@ -140,6 +143,8 @@ class ConstrainedSweep:
             log.info(f"resuming: {already} of {self.n_trials} trials already trained")
         try:
             self.loop(study)
+            if self.confirmation is not None:  # the best top_k retrained with new seeds
+                self.confirmed = self.confirmation.run(self, study)
         except BaseException as err:
             if isinstance(err, KeyboardInterrupt):
                 self.store.close_held(study)
@@ -157,7 +162,7 @@ class ConstrainedSweep:
             self.parent = self.tracking.settle(study, self.storage, self.parent)
             self.tracking.close_interrupted(study, self.parent)
             report.summarize(self.tracking, self.config, study, self.parent, self.directions, self.conf.objective_names,
-                             self.hydra_context.config_loader, self.proposer.counts)
+                             self.hydra_context.config_loader, self.proposer.counts, self.confirmed)
         except Exception as err:  # noqa: BLE001 - the trials are recorded; do not lose them behind a traceback
             self.tracking.finish(self.parent, "FAILED")
             reason = (secrets.mask_url(str(err)).strip().splitlines() or [""])[0]

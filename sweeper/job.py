@@ -26,6 +26,7 @@ ENV_TRIAL = "SWEEPER_TRIAL"            # the trial's number
 ENV_TRIAL_ID = "SWEEPER_TRIAL_ID"
 ENV_PARENT_RUN = "SWEEPER_PARENT_RUN_ID"
 ENV_DIRECTIONS = "SWEEPER_DIRECTIONS"  # e.g. "maximize" or "maximize,minimize"
+ENV_REPORT = "SWEEPER_REPORT"          # "0": the job does not report to the pruner (a confirmation run, never pruned)
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold", "wilcoxon")
 
 # In-memory storages of this process's sweeps, by study name: a job in the sweeper's process reports to them.
@@ -69,7 +70,8 @@ class SweepTrial:
         self.study_name = os.environ.get(ENV_STUDY, "")
         self.parent_run_id = os.environ.get(ENV_PARENT_RUN) or None
         self.directions = [d for d in os.environ.get(ENV_DIRECTIONS, "maximize").split(",") if d]
-        self._trial, self._reporting = None, len(self.directions) == 1  # Optuna prunes one objective only
+        # Optuna prunes one objective only; a confirmation run (sweeper/confirm.py) is never pruned.
+        self._trial, self._reporting = None, len(self.directions) == 1 and os.environ.get(ENV_REPORT) != "0"
 
     def __repr__(self):
         return f"SweepTrial(number={self.number}, study={self.study_name!r})"

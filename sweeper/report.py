@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeper import secrets
+from sweeper.study import is_confirmation
 from sweeper.tracking import Tracking  # noqa: F401 - importable from here as before
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,10 @@ def objective_names(names, directions):
     return [names[i] if i < len(names) else default[i] for i in range(len(directions))]
 
 
-def summarize(tracking, config, study, parent, directions, names, config_loader, counts):
-    """Log the outcome: console lines, sweep-dir files, and (with MLflow) metrics and artifacts on the parent."""
-    trials = study.get_trials(deepcopy=False)
+def summarize(tracking, config, study, parent, directions, names, config_loader, counts, confirmed=None):
+    """Log the outcome: console lines, sweep-dir files, and (with MLflow) metrics and artifacts on the parent.
+    `confirmed` (sweeper/confirm.py's Outcome): the best is its best by mean, printed with ± std, and its table."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_confirmation(t)]  # the search's proposals
     launched = [t for t in trials if t.user_attrs.get("launched") and t.state.is_finished()]  # interrupted ones too
     states = {s.name.lower(): sum(1 for t in launched if t.state == s)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
@@ -69,18 +71,38 @@ def summarize(tracking, config, study, parent, directions, names, config_loader,
         log.warning("no trial completed, so there is no best trial")
         status = "FAILED"
     elif len(directions) == 1:
-        best = study.best_trial
-        results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
-        metrics.update(best_value=best.value, best_trial=best.number)
+        pick = max if str(directions[0]).lower() == "maximize" else min
+        best = pick(complete, key=lambda t: t.value)  # not study.best_trial: confirmation runs are trials too
+        winner = confirmed.best if confirmed is not None else None
+        if confirmed is not None:
+            best = winner.trial if winner else best
+            lines = confirmation_lines(confirmed, names[0])
+            for line in lines:
+                print(line, flush=True)
+            artifacts.append(_write(out_dir, "confirmation.tsv", confirmation_tsv(confirmed)))
+            if winner is None:
+                log.warning("no confirmation run completed: the best is the search's best")
+        results = {"name": "optuna", "best_params": best.params, "best_value": winner.mean if winner else best.value}
+        metrics.update(best_value=results["best_value"], best_trial=best.number)
+        if winner:
+            results.update(best_value_std=winner.std, confirmed_seeds=len(winner.values), search_value=best.value)
+            metrics.update(confirmed_seeds=len(winner.values), best_search_value=best.value)
+            if winner.std is not None:
+                metrics["best_value_std"] = winner.std
         measured = {name: best.user_attrs[name] for name in best.constraints if name in best.user_attrs}
         metrics.update({f"best_{name}": value for name, value in measured.items()})
         command = run_command(launched_overrides(best))
         artifacts.append(_write(out_dir, "best_command.txt", command + "\n"))
         artifacts.append(_write(out_dir, "best_config.yaml", _job_yaml(config_loader, config, best)))
         shown = " ".join(f"{name}={value}" for name, value in measured.items())
-        log.info(f"Best trial #{best.number}: {names[0]} {best.value:.4f} {shown} | {best.params}")
+        confirmed_text = f" (confirmed: mean {winner.mean:.4f} {_pm(winner.std)})" if winner else ""
+        log.info(f"Best trial #{best.number}: {names[0]} {best.value:.4f}{confirmed_text} {shown} | {best.params}")
         log.info(f"Reproduce it: {command}")
-        print(f"best trial #{best.number}: {names[0]} {best.value:.4f} | {command}", flush=True)
+        if winner:
+            print(f"best (confirmed over {len(winner.values)} seeds): trial #{best.number} {names[0]}={winner.mean:.4f} "
+                  f"{_pm(winner.std)} (search {best.value:.4f}) | {command}", flush=True)
+        else:
+            print(f"best trial #{best.number}: {names[0]} {best.value:.4f} | {command}", flush=True)
     else:
         front = study.best_trials
         results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in front]}
@@ -105,7 +127,7 @@ def summarize(tracking, config, study, parent, directions, names, config_loader,
         for key, value in results["best_params"].items():
             client.log_param(parent, f"best.{key}", value)
         if tracking.register_as:
-            registered = tracking.register_best(parent, study.best_trial.number)
+            registered = tracking.register_best(parent, best.number)
             if registered:
                 log.info(f"Registered the best trial's model as {registered} (MLflow Model Registry)")
     for key, value in metrics.items():
@@ -114,6 +136,34 @@ def summarize(tracking, config, study, parent, directions, names, config_loader,
         client.log_artifact(parent, path)
     client.set_terminated(parent, status=status)
     print(tracking.browse_hint(parent), flush=True)
+
+
+def _pm(std):
+    return f"± {std:.4f}" if std is not None else "± - (one seed)"
+
+
+def confirmation_lines(confirmed, name):
+    """The per-configuration table of a confirmation (sweeper/confirm.py), best search value first."""
+    lines = [f"confirmation: the best {len(confirmed.rows)} configurations retrained with {confirmed.seeds} new seeds "
+             f"each ({confirmed.seed_key}); mean ± std (n-1) over those seeds, the search's own run not counted",
+             f"  {'trial':<7} {'search ' + name:<16} {'mean':<8} {'± std':<8} seeds (complete/planned)"]
+    for row in confirmed.rows:
+        mean = f"{row.mean:.4f}" if row.mean is not None else "-"
+        std = f"{row.std:.4f}" if row.std is not None else "-"
+        seeds = ",".join(str(s) for s in row.seeds)
+        lines.append(f"  #{row.trial.number:<6} {row.trial.value:<16.4f} {mean:<8} {std:<8} {seeds} "
+                     f"({len(row.values)}/{len(row.seeds)}{f', {row.failed} failed' if row.failed else ''})")
+    return lines
+
+
+def confirmation_tsv(confirmed):
+    rows = ["trial\tsearch_value\tmean\tstd\tseeds\tcomplete\tfailed\tcommand"]
+    for row in confirmed.rows:
+        rows.append("\t".join(str(v) for v in (
+            row.trial.number, row.trial.value, "" if row.mean is None else row.mean, "" if row.std is None else row.std,
+            ",".join(str(s) for s in row.seeds), len(row.values), row.failed,
+            run_command(launched_overrides(row.trial)))))
+    return "\n".join(rows) + "\n"
 
 
 def _job_yaml(config_loader, config, trial):

@@ -23,6 +23,7 @@ from optuna.samplers import BaseSampler, BruteForceSampler, GridSampler, QMCSamp
 from optuna.trial import TrialState
 
 from sweeper.compat import StudyView
+from sweeper.study import is_confirmation
 
 NON_LEARNING = (GridSampler, RandomSampler, QMCSampler, BruteForceSampler)
 TRAINED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -57,12 +58,13 @@ class ConstrainedSampler(BaseSampler):
     def _rewrite(self, trials):
         if self._memo[0] is trials:  # samplers read the same cached list several times per proposal
             return self._memo[1]
+        given, trials = trials, [t for t in trials if not is_confirmation(t)]  # retrains of a winner: not the search's
         worst = worst_values(trials, self._directions)
         if worst is None:
             rewritten = trials
         else:
             rewritten = [self._as_complete(t, worst) if is_placeholder(t) else t for t in trials]
-        self._memo = (trials, rewritten)
+        self._memo = (given, rewritten)
         return rewritten
 
     @staticmethod

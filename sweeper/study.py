@@ -16,10 +16,18 @@ from sweeper.stores import open_storage
 log = logging.getLogger(__name__)
 
 
+CONFIRM_OF = "confirm_of"  # user attr of a confirmation run (sweeper/confirm.py): the search trial it retrains
+
+
+def is_confirmation(trial):
+    return CONFIRM_OF in trial.user_attrs
+
+
 def trained_trials(trials):
-    """Launched trials that ended: COMPLETE, PRUNED, or FAIL with the job's reason (crashed, diverged, no number)."""
-    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)]
+    """Launched search trials that ended: COMPLETE, PRUNED, or FAIL with the job's reason (crashed, diverged, no
+    number). Confirmation runs (sweeper/confirm.py) are not search trials: n_trials does not count them."""
+    return [t for t in trials if not is_confirmation(t) and (t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))]
 
 
 def tell(study, number, **kwargs):

@@ -35,6 +35,9 @@ class ConstrainedOptunaSweeperConf(OptunaSweeperConf):
     heartbeat_interval: int = 10        # seconds between heartbeats of every trial this worker holds
     grace_period: int = 60              # a trial silent this long is taken as dead and proposed again (> heartbeat_interval)
     objective_names: Any = None         # names for the summary and plots, e.g. [val_acc, num_params]
+    # after the search, retrain the best top_k configurations with `seeds` new seeds each (seed_key: the job
+    # config's seed) and choose the best by their mean; top_k: 0 is off (sweeper/confirm.py)
+    confirm: Any = field(default_factory=lambda: {"top_k": 0, "seeds": 3, "seed_key": "seed"})
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="constrained_optuna", node=ConstrainedOptunaSweeperConf,

@@ -1,0 +1,303 @@
+"""Confirmed winners: after the search, retrain the best `top_k` configurations with `seeds` new seeds each,
+and choose the sweep's best by the mean over those seeds (printed with its standard deviation).
+
+    hydra.sweeper.confirm: {top_k: 2, seeds: 3, seed_key: trainer.seed}   # top_k: 0 (the default) is off
+
+The search's best value is the maximum of noisy numbers, so it flatters its own configuration; a mean over
+fresh seeds does not. The search trial itself is therefore not one of the seeds: a configuration whose search
+run used seed s (the job config's `seed_key`) is retrained with s+1 ... s+seeds, the same seeds on every rerun.
+
+Each retraining is a trial of the same study, created without the sampler (no parameters: no learning sampler
+sees it, sweeper/sampler.py; no repeat detection compares it) with user attrs `confirm_of=<search trial>`,
+`seed`, `overrides`; n_trials does not count it (sweeper/study.py: trained_trials). It runs through the same
+Runner as the trials (the launcher or the device pool) and does not report to the pruner (never pruned). A
+rerun of the same command trains only the retrainings the study does not have yet (finished or crashed: a
+crash is a result); one in flight in another worker is waited for, and taken over if that worker died.
+
+MLflow: under the sweep's parent run, one run per confirmed configuration (`confirm-#N`, tags `sweep=confirm`,
+`confirm_of=N`; metrics `<objective>_mean`, `<objective>_std`, `seeds_complete`, `search_<objective>`); each
+retraining's job run is its child (the job's parent run id is set per job) and is tagged `confirm_of`, `seed`.
+
+One objective only: a multi-objective sweep with top_k > 0 stops before the first trial with one error line.
+"""
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from errors import UsageError
+from sweeper import job as job_api
+from sweeper.propose import Proposal
+from sweeper.report import launched_overrides
+from sweeper.study import CONFIRM_OF, is_confirmation
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {"top_k": 0, "seeds": 3, "seed_key": "seed"}
+_ABSENT = object()
+
+
+def _count(key, value, least):
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UsageError(f"hydra.sweeper.confirm.{key}={value}: must be an integer >= {least}")
+
+
+def override_key(override):
+    """`++trainer.seed=3` -> `trainer.seed` (the key an override sets, whatever its prefix)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+@dataclass
+class Row:
+    """One confirmed configuration: its search trial, the seeds it is retrained with, their values (COMPLETE
+    retrainings, in seed order) and how many of them ended without a value."""
+    trial: optuna.trial.FrozenTrial
+    seeds: list
+    values: list = field(default_factory=list)
+    failed: int = 0
+    runs: dict = field(default_factory=dict)  # its retrainings' trial numbers (as MLflow tags them, text) -> seed
+
+    @property
+    def mean(self):
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self):
+        """The sample standard deviation (n - 1) over the seeds; None with fewer than two values."""
+        return statistics.stdev(self.values) if len(self.values) >= 2 else None
+
+
+@dataclass
+class Outcome:
+    rows: list
+    seeds: int
+    seed_key: str
+    best: Row = None
+
+
+class ConfirmTrial:
+    """What the Runner and StudyStore use of a trial (number, params, set_user_attr), for a trial created
+    without `optuna.trial.Trial`, whose constructor calls the sampler's before_trial (a grid would give it a cell)."""
+
+    def __init__(self, storage, trial_id, number):
+        self.storage, self.trial_id, self.number, self.params = storage, trial_id, number, {}
+
+    def set_user_attr(self, key, value):
+        self.storage.set_trial_user_attr(self.trial_id, key, value)
+
+
+class Confirmation:
+    def __init__(self, top_k, seeds, seed_key, base_seed=0):
+        self.top_k, self.seeds, self.seed_key, self.base_seed = top_k, seeds, seed_key, base_seed
+
+    @classmethod
+    def from_settings(cls, raw, directions, base):
+        """hydra.sweeper.confirm checked before the first trial (one error line); None when it is off."""
+        if OmegaConf.is_config(raw):
+            raw = OmegaConf.to_container(raw, resolve=True)
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise UsageError(f"hydra.sweeper.confirm={raw}: must be a mapping with keys {', '.join(DEFAULTS)}")
+        unknown = sorted(set(raw) - set(DEFAULTS))
+        if unknown:
+            raise UsageError(f"hydra.sweeper.confirm.{unknown[0]}={raw[unknown[0]]}: unknown key; allowed: "
+                             f"{', '.join(DEFAULTS)}")
+        values = {**DEFAULTS, **raw}
+        _count("top_k", values["top_k"], 0)
+        _count("seeds", values["seeds"], 1)
+        if values["top_k"] == 0:
+            return None
+        if len(directions) > 1:
+            raise UsageError(f"hydra.sweeper.confirm.top_k={values['top_k']}: confirmation ranks one objective and "
+                             f"this sweep has {len(directions)} ({','.join(directions)}): use top_k=0")
+        key = values["seed_key"]
+        found = OmegaConf.select(base, key, default=_ABSENT) if isinstance(key, str) and key else _ABSENT
+        if found is _ABSENT:
+            raise UsageError(f"hydra.sweeper.confirm.seed_key={key}: not a key of the job config: name the key "
+                             f"that seeds a job (this project: trainer.seed)")
+        if isinstance(found, bool) or not isinstance(found, int):
+            raise UsageError(f"hydra.sweeper.confirm.seed_key={key}: the job config's value {found!r} is not an "
+                             f"integer seed")
+        return cls(values["top_k"], values["seeds"], key, found)
+
+    # --- what to confirm ---------------------------------------------------------------------------
+    def candidates(self, trials, direction):
+        """The top_k COMPLETE search trials, best first."""
+        done = [t for t in trials if t.state == TrialState.COMPLETE and not is_confirmation(t) and t.values]
+        return sorted(done, key=lambda t: t.value, reverse=direction == "maximize")[:self.top_k]
+
+    def seeds_of(self, sweep, trial):
+        """seed_key's value in the trial's job config (its search seed) s -> [s+1, ..., s+seeds]."""
+        try:
+            base = int(OmegaConf.select(sweep.job_configs(launched_overrides(trial)), self.seed_key))
+        except Exception:  # noqa: BLE001 - a trial of an older config that no longer composes: the sweep's seed
+            base = self.base_seed
+        return [base + i for i in range(1, self.seeds + 1)]
+
+    @staticmethod
+    def taken(trials):
+        """(search trial, seed) of retrainings running or ended with a result (a crash included): not redone.
+        One that was interrupted (FAIL without a reason) is trained again."""
+        return {(t.user_attrs[CONFIRM_OF], t.user_attrs.get("seed")) for t in trials if is_confirmation(t) and (
+            t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED) or "fail_reason" in t.user_attrs)}
+
+    # --- the run -----------------------------------------------------------------------------------
+    def run(self, sweep, study):
+        """Train what is missing, through the sweep's Runner; returns the Outcome the summary prints."""
+        trials = study.get_trials(deepcopy=False)
+        chosen = self.candidates(trials, str(sweep.directions[0]).lower())
+        if not chosen:
+            log.warning("hydra.sweeper.confirm: no search trial completed, so there is nothing to confirm")
+            return Outcome([], self.seeds, self.seed_key)
+        plan = {t.number: self.seeds_of(sweep, t) for t in chosen}
+        todo = self.todo(trials, chosen, plan)
+        log.info(f"confirming the best {len(chosen)} configurations ({', '.join(f'#{t.number}' for t in chosen)}) "
+                 f"with {self.seeds} new seeds each ({self.seed_key}): {len(todo)} runs to train, "
+                 f"{len(chosen) * self.seeds - len(todo)} already in the study")
+        runs = ConfirmRuns(sweep.tracking, sweep.parent)
+        try:
+            with sweep.interrupts_at_waits():
+                self.train(sweep, study, chosen, plan, runs)
+        except BaseException:
+            runs.finish("KILLED")
+            raise
+        outcome = self.outcome(study.get_trials(deepcopy=False), chosen, plan, str(sweep.directions[0]).lower())
+        runs.record(outcome, sweep.conf.objective_names)
+        return outcome
+
+    def todo(self, trials, chosen, plan):
+        taken = self.taken(trials)
+        return [(t, s) for t in chosen for s in plan[t.number] if (t.number, s) not in taken]
+
+    def train(self, sweep, study, chosen, plan, runs):
+        """Start what no worker has, into every free slot; record what ends; return once every planned run has
+        ended. Another worker's retraining in flight is waited for: if that worker died, its trial is failed
+        after grace_period (as a search trial is) and trained here."""
+        runner, poll = sweep.runner, min(5.0, float(sweep.conf.heartbeat_interval))
+        wanted = {(number, seed) for number, seeds in plan.items() for seed in seeds}
+        while True:
+            sweep.store.fail_dead_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            todo, batch = self.todo(trials, chosen, plan), []
+            while todo and runner.room(len(batch)):
+                trial, seed = todo.pop(0)
+                proposal = self.start(sweep, study, trial, seed, runs.open(trial))
+                batch.append(proposal)
+                runner.start(proposal)
+            results = runner.collect(batch, timeout=poll, wait=sweep.wait)
+            for proposal, ret in results:
+                sweep.store.record(study, proposal, ret, sweep.directions)
+            if batch or results or runner.busy():
+                continue
+            elsewhere = [t for t in trials if is_confirmation(t) and t.state == TrialState.RUNNING
+                         and (t.user_attrs[CONFIRM_OF], t.user_attrs.get("seed")) in wanted]
+            if not elsewhere:
+                return
+            sweep.wait(time.sleep, poll)
+
+    def start(self, sweep, study, trial, seed, config_run):
+        """Create the retraining's trial (RUNNING, its attrs with it, its heartbeat held) and its Proposal."""
+        overrides = [o for o in launched_overrides(trial) if override_key(o) != self.seed_key]
+        overrides.append(f"{self.seed_key}={seed}")
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
+            CONFIRM_OF: trial.number, "seed": seed, "overrides": overrides})
+        trial_id = sweep.storage.create_new_trial(sweep.study_id, template_trial=template)
+        number = sweep.storage.get_trial_number_from_id(trial_id)
+        sweep.heartbeats.hold(trial_id, number)
+        # Never pruned (the pruner would judge a retraining against the search's trials, and Hydra refuses a
+        # per-job hydra.sweeper): the job does not report. Its job run goes under its configuration's run.
+        extra = [f"++hydra.job.env_set.{job_api.ENV_REPORT}='0'"]
+        if config_run:
+            extra.append(f"++hydra.job.env_set.{job_api.ENV_PARENT_RUN}={config_run}")
+        log.info(f"  confirming #{trial.number} with {self.seed_key}={seed}: trial #{number}")
+        return Proposal(ConfirmTrial(sweep.storage, trial_id, number), trial_id, overrides + extra, kind="confirm")
+
+    def outcome(self, trials, chosen, plan, direction):
+        """Per configuration the values of its retrainings (the first per seed), and the best by mean."""
+        ended, runs = {}, {}
+        for t in sorted(trials, key=lambda t: t.number):
+            if not is_confirmation(t):
+                continue
+            runs.setdefault(t.user_attrs[CONFIRM_OF], {})[str(t.number)] = t.user_attrs.get("seed")
+            if t.state.is_finished() and (t.state != TrialState.FAIL or "fail_reason" in t.user_attrs):
+                ended.setdefault((t.user_attrs[CONFIRM_OF], t.user_attrs.get("seed")), t)
+        rows = []
+        for trial in chosen:
+            row = Row(trial, plan[trial.number], runs=runs.get(trial.number, {}))
+            for seed in row.seeds:
+                t = ended.get((trial.number, seed))
+                if t is not None and t.state == TrialState.COMPLETE:
+                    row.values.append(t.value)
+                elif t is not None:
+                    row.failed += 1
+            rows.append(row)
+        scored = [r for r in rows if r.values]
+        sign = 1 if direction == "maximize" else -1
+        best = max(scored, key=lambda r: (sign * r.mean, sign * r.trial.value)) if scored else None
+        return Outcome(rows, self.seeds, self.seed_key, best)
+
+
+class ConfirmRuns:
+    """The MLflow side: one run per confirmed configuration under the parent run, found again on a rerun."""
+
+    def __init__(self, tracking, parent):
+        self.tracking, self.parent, self.ids = tracking, parent, {}
+        self.enabled = bool(tracking is not None and tracking.enabled and parent and tracking.client is not None)
+
+    def open(self, trial):
+        if not self.enabled:
+            return None
+        if trial.number not in self.ids:
+            client = self.tracking.client
+            experiment_id = client.get_run(self.parent).info.experiment_id
+            found = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{self.parent}' and "
+                                                        f"tags.sweep = 'confirm' and tags.confirm_of = '{trial.number}'")
+            if found:
+                run_id = found[0].info.run_id
+                client.update_run(run_id, status="RUNNING")
+            else:
+                run_id = client.create_run(experiment_id, run_name=f"confirm-#{trial.number}", tags={
+                    "mlflow.parentRunId": self.parent, "sweep": "confirm", CONFIRM_OF: str(trial.number)}).info.run_id
+                for key, value in trial.params.items():
+                    client.log_param(run_id, key, value)
+            self.ids[trial.number] = run_id
+        return self.ids[trial.number]
+
+    def record(self, outcome, names):
+        """Each configuration's mean, std and counts; its job runs tagged with their seed; then FINISHED."""
+        if not self.enabled:
+            return
+        client, name = self.tracking.client, ((names or [None])[0] or "value")
+        for row in outcome.rows:
+            run_id = self.open(row.trial)
+            metrics = {f"search_{name}": row.trial.value, "seeds_complete": len(row.values), "seeds_failed": row.failed}
+            if row.mean is not None:
+                metrics[f"{name}_mean"] = row.mean
+            if row.std is not None:
+                metrics[f"{name}_std"] = row.std
+            for key, value in metrics.items():
+                client.log_metric(run_id, key, float(value))
+            client.set_tag(run_id, "seeds", ",".join(str(s) for s in row.seeds))
+            self._tag_children(client, run_id, row)
+        self.finish("FINISHED")
+
+    def _tag_children(self, client, run_id, row):
+        experiment_id = client.get_run(run_id).info.experiment_id
+        for child in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=1000):
+            seed = row.runs.get(child.data.tags.get("trial_number"))
+            if seed is not None:
+                client.set_tag(child.info.run_id, CONFIRM_OF, str(row.trial.number))
+                client.set_tag(child.info.run_id, "seed", str(seed))
+
+    def finish(self, status):
+        if not self.enabled:
+            return
+        for run_id in self.ids.values():
+            try:
+                self.tracking.client.set_terminated(run_id, status=status)
+            except Exception as err:  # noqa: BLE001 - never hide the error that ended the sweep
+                log.warning(f"could not mark the confirmation run {run_id} {status}: {err}")
