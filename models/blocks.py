@@ -38,11 +38,12 @@ def register_block(name):
 
 
 def block_class(name, where):
-    """The registered class for a block name; `where` is the config key, for the error."""
+    """The registered class for a block name; `where` is the config key, for the error. A config's names are
+    checked at entry (training/schema.py, the same line); this refuses a spec made by hand with one that is not."""
     try:
         return BLOCKS[name]
     except KeyError:
-        raise ModelConfigError(f"{where}='{name}' is unknown: use one of {', '.join(BLOCKS)}") from None
+        raise ModelConfigError(f"{where}={name}: use one of {', '.join(BLOCKS)}") from None
 
 
 @dataclass(frozen=True, slots=True)

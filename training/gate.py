@@ -18,10 +18,10 @@ from training.weights import check_weights_file
 
 def check_config(cfg):
     """Everything that can be wrong with a config, checked in milliseconds. Returns the param report."""
-    validate(cfg)  # every key's type and range first: one line naming the key, the value and what is allowed
+    valid = validate(cfg)  # every key's type and range first: one line naming the key, the value and what is allowed
     check_data_config(cfg)  # then the dataset: the model's head and image size come from it
-    report = param_report(cfg)
-    # Each key's type and range is validate()'s alone; what is left here spans several keys or the machine.
+    report = param_report(valid)  # the shapes the blocks chain, the counts (the checked copy: not checked again)
+    # Each key's type and range is validate()'s alone; what is left here spans several keys, files or the machine.
     if cfg.trainer.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA GPU is visible: use trainer.device=auto or cpu")
     if cfg.task == "lr_range_test":
