@@ -261,3 +261,74 @@ def test_train_py_prints_the_same_one_line_and_exits_2(tmp_path):
         assert job.returncode == 2, err
         assert err.startswith(want) and err.count("\n") == 1 and "Traceback" not in out, err
     assert {path.name for path in tmp_path.iterdir()} <= {"outputs"}  # Hydra's run folder only: no store, no checkpoint
+
+
+README_ROWS = [  # docs/faults.md "Bad input" (the README links it): each config row's line, as the table gives it
+    (["model.layers.layer1.block=inverted"], "model.layers.layer1.block=inverted: use one of basic, bottleneck"),
+    (["model.depth_mult=abc"], "model.depth_mult=abc: must be a number > 0"),
+    (["trainer.epochs=ten"], "trainer.epochs=ten: must be an integer >= 1"),
+    (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1: must be a number >= 0"),
+    (["trainer.grad_clip=-1.0"], "trainer.grad_clip=-1.0: must be a number > 0, or null"),
+    (["trainer.label_smoothing=1.5"], "trainer.label_smoothing=1.5: must be a number in [0, 1)"),
+    (["model.num_classes=0"], "model.num_classes=0: must be an integer >= 1"),
+    (["optimizer=sgd", "optimizer.momentum=0"], "optimizer.momentum=0: Nesterov momentum needs a momentum > 0; set "
+                                                "optimizer.nesterov=false for plain SGD"),
+    (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: must be a list of 2 numbers, each one that is a number in "
+                                "[0, 1)"),
+    (["trainer.checkpoint_dir=/proc/checkpoints"], "trainer.checkpoint_dir=/proc/checkpoints: must be a folder this "
+     "process can create and write to, or null: cannot write in /proc (No such file or directory)"),
+    (["trainer.seed=99999999999999999999"], "trainer.seed=99999999999999999999: must be an integer in "
+                                            "[0, 4294967295]"),
+    (["data.split_seed=99999999999999999999"], "data.split_seed=99999999999999999999: must be an integer in "
+                                               "[0, 4294967295]"),
+    (["augmentation.cutout=100"], "augmentation.cutout=100: must be an integer in [0, 32] (data.image_size; 0 turns "
+                                  "cutout off)"),
+    (["augmentation.crop_padding=1000"], "augmentation.crop_padding=1000: must be an integer in [0, 16] (half of "
+                                         "data.image_size)"),
+    (["data.subset=1"], "data.subset=1: must be an integer >= 2, or null (BatchNorm needs 2 images in a step)"),
+    (["~model.layers.layer1.channels"], "model.layers.layer1.channels=(missing): required; each entry of "
+                                        "model.layers has block, blocks, channels"),
+    (["+model.layers.layer5={block:basic,blocks:1}"], "model.layers.layer5.channels=(missing): required; each entry "
+                                                      "of model.layers has block, blocks, channels"),
+    (["+trainer.foo=1"], "trainer.foo=1: not a config key; trainer has epochs, batch_size, ..."),
+    (["data.root=${oc.env:NO_SUCH_VARIABLE}"], "data.root: cannot be resolved: KeyError raised while resolving "
+                                               "interpolation: \"Environment variable 'NO_SUCH_VARIABLE' not found\""),
+    (["optimizer.name=lamb"], "optimizer.name=lamb: use one of adam, adamw, sgd"),
+    (["scheduler.name=warm"], "scheduler.name=warm: use one of constant, cosine, onecycle, cyclic, step"),
+    (["augmentation.name=mixup"], "augmentation.name=mixup: use one of none, simple, autoaugment"),
+    (["model.layers.layer2.blocks=-2"], "model.layers.layer2.blocks=-2: must be an integer >= 1 (remove a layer with "
+                                        "~model.layers.NAME)"),
+    (["model.layers.layer1.channels=-64"], "model.layers.layer1.channels=-64: must be an integer >= 1"),
+    (["stem.channels=0"], "stem.channels=0: must be an integer >= 1"),
+    (["model.layers.layer2.dropout=-0.1"], "model.layers.layer2.dropout=-0.1: must be a number in [0, 1), or null"),
+    (["model.layers.layer3.channels=130"], "model.layers.layer3: bottleneck channels 130 are not divisible by "
+                                           "blocks.bottleneck_reduction=4: pick a multiple of 4"),
+    (["model=resnet18_k2_pad", "stem=conv5x5"], "model.layers.layer2 block 0 cannot take the 15x15 feature map that "
+     "stem 'conv5x5' and the layers before it produce (body gives 7x7, shortcut 8x8). Kernel-2 blocks need even "
+     "feature maps at each stride-2 block: use stem=conv3x3."),
+    (["trainer.batch_size=-32"], "trainer.batch_size=-32: must be an integer >= 1"),
+    (["data=cifar100", "data.num_classes=10"], "data.num_classes=10: cifar100 has 100; remove the override (it is a "
+                                               "property of the dataset, set by data=cifar100)"),
+    (["model.num_classes=5"], "model.num_classes=5: must equal data.num_classes=10 for cifar10 (presets use "
+                              "num_classes: ${data.num_classes})"),
+    (["data.val_size=50000"], "data.val_size=50000: must be an integer in [0, data.train_images=50000)"),
+    (["data.autoaugment_policy=cifar100"], "data.autoaugment_policy=cifar100: use one of cifar10, imagenet, svhn"),
+    (["model=resnet18"], "model has 11,172,170 parameters, over the budget of 5,000,000 by 6,172,170 (largest: ..."),
+    (["stem=conv3x3", "budget.max_gflops=2"], "model needs 4.401 training GFLOP per image, over the FLOPs budget "
+                                              "(budget.max_gflops=2) by 2.401 (largest: ..."),
+    (["optimizer=sgd", "optimizer.per_1024_images=true", "optimizer.scale_lr_with_batch=true"],
+     "optimizer.per_1024_images=true and optimizer.scale_lr_with_batch=true both scale the lr with the batch: set "
+     "one of them to false"),
+    (["model=family", "model.num_layers=6"], "model.num_layers=6: use an integer from 1 to 5 (the first that many of "
+                                             "model.layers: layer1, layer2, layer3, layer4, layer5), or null for all"),
+    (["model.bn_momentum=2"], "model.bn_momentum=2: must be a number in (0, 1]"),
+]
+
+
+@pytest.mark.parametrize("overrides, line", README_ROWS, ids=[" ".join(row[0]) for row in README_ROWS])
+def test_the_bad_input_table_still_holds(overrides, line, compose_here, capsys):
+    """On the default config (model=final), as the table's commands run; `...` ends a line the table cuts."""
+    err, code = entry_line(compose_here(overrides), capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    shown = err.rstrip("\n")
+    assert shown.startswith("error: " + line[:-3]) if line.endswith("...") else shown == "error: " + line
