@@ -281,8 +281,9 @@ def checked(cfg, groups=None):
     """`cfg` as validate returns it: itself when validate already returned it (covering `groups`), else
     validate(cfg, groups). The one entry for code that reads the config without the gate before it (models/
     builds and counts from any composed config: tests, benchmarks, scripts), so a bad value there is the
-    same one line as at the entry, and a config the gate checked is not checked again (18 ms for model=final
-    on a loaded 2-core machine, against 2.6 ms for the count it precedes)."""
+    same one line as at the entry, and a config the gate checked is not checked again: for model=final, side by
+    side on a loaded 2-core machine, param_report takes 18-20 ms from the composed config (the check is most of
+    it) and 1.5 ms from the copy validate returned."""
     known = _returned.get(id(cfg))
     if known is not None and known[0]() is cfg and OmegaConf.is_readonly(cfg):
         wanted = {key for key in (groups or cfg) if key != "hydra"}
