@@ -18,6 +18,7 @@ from models import build_model, param_report
 from tests.conftest import CONF_DIR
 from tests.faultkit import REPO, train_env
 from training import app
+from training.gate import gflops_over_budget, params_over_budget
 from training.schema import Config, LayerConf
 
 BASE = ["model=tiny"]
@@ -229,6 +230,17 @@ def test_building_or_counting_without_the_gate_gives_the_same_line(overrides, ke
     for path in (param_report, lambda c: build_model(c, device="meta")):  # (both through model_spec)
         with pytest.raises(ConfigError) as caught:
             path(cfg)
+        assert str(caught.value).startswith(f"{key}={value}: ") and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("overrides, key, value", [row for row in ROWS if row[1] in (
+    "stem.channels", "model.layers.layer1.kernel_size", "trainer.precision", "lr_range.min_lr")], ids=str)
+def test_the_sweepers_constraints_give_the_same_line(overrides, key, value, compose_here):
+    """hydra.sweeper.constraints call the gate on each proposal's composed job config: the same rules."""
+    cfg = compose_here([*BASE, *overrides])
+    for constraint in (params_over_budget, gflops_over_budget):
+        with pytest.raises(ConfigError) as caught:
+            constraint(cfg)
         assert str(caught.value).startswith(f"{key}={value}: ") and "\n" not in str(caught.value)
 
 
