@@ -273,7 +273,7 @@ def validate(cfg, groups=None):
     _check_across(given)
     OmegaConf.set_readonly(merged, True)
     _returned[id(merged)] = (weakref.ref(merged, lambda _, key=id(merged): _returned.pop(key, None)),
-                             frozenset(keys))
+                             None if groups is None else frozenset(groups))
     return merged
 
 
@@ -286,13 +286,13 @@ def checked(cfg, groups=None):
     it) and 1.5 ms from the copy validate returned."""
     known = _returned.get(id(cfg))
     if known is not None and known[0]() is cfg and OmegaConf.is_readonly(cfg):
-        wanted = {key for key in (groups or cfg) if key != "hydra"}
-        if wanted <= known[1]:
+        covered = known[1]
+        if covered is None or (groups is not None and set(groups) <= covered):
             return cfg
     return validate(cfg, groups)
 
 
-_returned = {}  # id of a config validate returned -> (weak reference to it, the groups it covers)
+_returned = {}  # id of a config validate returned -> (weak reference to it, the groups it covers; None: all)
 
 
 def _error(key, message):
