@@ -112,7 +112,10 @@ class ResidualBlock(nn.Module):
     @classmethod
     def check(cls, spec: BlockSpec, where):
         """Refuse a spec this block type cannot build, with a one-line ModelConfigError naming `where`
-        (the layer's config key). Runs before anything is counted or built."""
+        (the layer's config key). Runs before anything is counted or built.
+
+        Not a config rule (training/schema.py has those): it is one block type's own limit, on the spec's
+        values after model.width_mult and model.depth_mult have scaled them, so only the class knows it."""
 
     @classmethod
     def shape_hint(cls, spec: BlockSpec):
