@@ -38,11 +38,12 @@ def register_block(name):
 
 
 def block_class(name, where):
-    """The registered class for a block name; `where` is the config key, for the error."""
+    """The registered class for a block name; `where` is the config key, for the error. A config's names are
+    checked at entry (training/schema.py, the same line); this refuses a spec made by hand with one that is not."""
     try:
         return BLOCKS[name]
     except KeyError:
-        raise ModelConfigError(f"{where}='{name}' is unknown: use one of {', '.join(BLOCKS)}") from None
+        raise ModelConfigError(f"{where}={name}: use one of {', '.join(BLOCKS)}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,10 @@ class ResidualBlock(nn.Module):
     @classmethod
     def check(cls, spec: BlockSpec, where):
         """Refuse a spec this block type cannot build, with a one-line ModelConfigError naming `where`
-        (the layer's config key). Runs before anything is counted or built."""
+        (the layer's config key). Runs before anything is counted or built.
+
+        Not a config rule (training/schema.py has those): it is one block type's own limit, on the spec's
+        values after model.width_mult and model.depth_mult have scaled them, so only the class knows it."""
 
     @classmethod
     def shape_hint(cls, spec: BlockSpec):

@@ -1,14 +1,15 @@
 """Turn the Hydra config into a ResNet, and count it before anything expensive happens.
 
-Both go through the same spec (models/specs.py: model_spec), so a bad config fails with the same
-one-line ModelConfigError on either path.
+Both take the config through the schema's `checked` (training/schema.py: every key's rule, once) and go
+through the same spec (models/specs.py: model_spec), so a bad config fails with the same one line on either
+path, and the same line as at the entry.
 """
 import torch
 
-from errors import ConfigError
 from models.report import ParamReport, count
 from models.resnet import ResNet
 from models.specs import model_spec
+from training.schema import MODEL_GROUPS, checked
 
 
 def build_model(cfg, device=None) -> ResNet:
@@ -24,18 +25,14 @@ def build_model(cfg, device=None) -> ResNet:
 
 def param_report(cfg) -> ParamReport:
     """Count parameters and training FLOPs and check shapes from the config alone: no modules, no weights."""
+    cfg = checked(cfg, MODEL_GROUPS)
     return count(model_spec(cfg), cfg.budget.max_params, max_gflops(cfg), budget_note(cfg))
 
 
 def max_gflops(cfg):
     """budget.max_gflops: training GFLOP per image, or None (absent or null) for no FLOPs budget."""
     value = cfg.budget.get("max_gflops")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"budget.max_gflops={value!r}: use a number > 0 (training GFLOP per image) "
-                          f"or null for no FLOPs budget")
-    return float(value)
+    return None if value is None else float(value)
 
 
 def budget_note(cfg) -> str:

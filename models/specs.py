@@ -1,12 +1,15 @@
-"""The frozen specs between the Hydra config and the modules, read and checked from the config.
+"""The frozen specs between the Hydra config and the modules, converted from a checked config.
 
-Every value a model is made from is checked here (or by its block class's `check`), with one line
-naming the key, the value and what is allowed; the modules and the counts only ever see specs.
+Every key's type and range, and the rules across keys that need only the config (model.num_layers against
+model.layers), are training/schema.py's: `model_spec` takes the config through `training.schema.checked`
+first (a config the gate already checked passes untouched), so a bad value is the same one line here as at
+the entry, and this module only converts. What depends on the chain of blocks a spec describes (feature-map
+sizes, a block type's own limits) is checked by the block classes as a spec is counted or built
+(models/resnet.py: layout). The modules and the counts only ever see specs.
 """
 from dataclasses import dataclass
 
-from errors import ModelConfigError
-from models.blocks import block_class
+from training.schema import MODEL_GROUPS, checked
 
 K2_DESIGNS = ("pad", "avgpool")
 
@@ -44,16 +47,9 @@ class ModelSpec:
     zero_init_residual: bool = False
 
 
-def _int(value, what):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ModelConfigError(f"{what} must be an integer, got {value!r}")
-    return value
-
-
-def _positive_number(value, key):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ModelConfigError(f"{key}={value!r}: use a number > 0")
-    return float(value)
+def _or(value, default):
+    """A checked config has every schema key, None where the YAML does not give it: the spec's default then."""
+    return default if value is None else value
 
 
 def scaled_channels(channels, width_mult, multiple=8):
@@ -64,94 +60,33 @@ def scaled_channels(channels, width_mult, multiple=8):
 
 
 def stem_spec(stem_cfg) -> StemSpec:
-    spec = StemSpec(
-        name=str(stem_cfg.name),
-        channels=_int(stem_cfg.channels, "stem.channels"),
-        kernel_size=_int(stem_cfg.kernel_size, "stem.kernel_size"),
-        stride=_int(stem_cfg.stride, "stem.stride"),
-        padding=_int(stem_cfg.padding, "stem.padding"),
-        maxpool=bool(stem_cfg.maxpool),
-    )
-    if spec.channels <= 0 or spec.kernel_size <= 0 or spec.stride <= 0 or spec.padding < 0:
-        raise ModelConfigError(f"stem '{spec.name}': channels, kernel_size and stride must be > 0 "
-                               f"and padding >= 0, got {spec}")
-    return spec
+    return StemSpec(str(stem_cfg.name), stem_cfg.channels, stem_cfg.kernel_size, stem_cfg.stride,
+                    stem_cfg.padding, bool(stem_cfg.maxpool))
 
 
 def layer_specs(model_cfg) -> tuple:
-    layers_cfg = model_cfg.get("layers")
-    if not layers_cfg:
-        raise ModelConfigError("model.layers is empty: give at least one residual layer, e.g. model=final")
-    width_mult = _positive_number(model_cfg.get("width_mult", 1.0), "model.width_mult")
-    depth_mult = _positive_number(model_cfg.get("depth_mult", 1.0), "model.depth_mult")
-    specs = []
-    for name, layer in used_layers(model_cfg, layers_cfg):
-        where = f"model.layers.{name}"
-        block = str(layer.block)
-        block_class(block, f"{where}.block")
-        blocks = _int(layer.blocks, f"{where}.blocks")
-        channels = _int(layer.channels, f"{where}.channels")
-        if blocks <= 0:
-            raise ModelConfigError(f"{where}.blocks={blocks}: a layer needs at least 1 block "
-                                   f"(remove the layer with ~{where} instead)")
-        if channels <= 0:
-            raise ModelConfigError(f"{where}.channels={channels}: channels must be a positive integer")
-        dropout = float(layer.dropout if layer.dropout is not None else 0.0)
-        if not 0.0 <= dropout < 1.0:
-            raise ModelConfigError(f"{where}.dropout={dropout}: dropout must be in [0, 1)")
-        kernel = _int(layer.get("kernel_size", 3), f"{where}.kernel_size")
-        if kernel != 2 and (kernel < 1 or kernel % 2 == 0):
-            raise ModelConfigError(f"{where}.kernel_size={kernel}: use an odd kernel (1, 3, 5, ...) or 2")
-        specs.append(LayerSpec(str(name), block, max(1, round(blocks * depth_mult)),
-                               scaled_channels(channels, width_mult), dropout, kernel))
-    return tuple(specs)
+    width_mult, depth_mult = float(_or(model_cfg.get("width_mult"), 1.0)), float(_or(model_cfg.get("depth_mult"), 1.0))
+    return tuple(LayerSpec(str(name), str(layer.block), max(1, round(layer.blocks * depth_mult)),
+                           scaled_channels(layer.channels, width_mult), float(_or(layer.get("dropout"), 0.0)),
+                           _or(layer.get("kernel_size"), 3))
+                 for name, layer in used_layers(model_cfg))
 
 
-def used_layers(model_cfg, layers_cfg):
+def used_layers(model_cfg):
     """(name, layer config) of the layers the model uses: the first model.num_layers of them (a search over the
     depth of the network, as model=family does), or all of them when the key is absent or null."""
-    items = list(layers_cfg.items())
+    items = list(model_cfg.layers.items())
     num_layers = model_cfg.get("num_layers")
-    if num_layers is None:
-        return items
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= len(items):
-        raise ModelConfigError(f"model.num_layers={num_layers!r}: use an integer from 1 to {len(items)} (the first "
-                               f"that many of model.layers: {', '.join(name for name, _ in items)}), or null for all")
-    return items[:num_layers]
-
-
-def block_choices(blocks_cfg):
-    """(k2_design, bottleneck_reduction) from the blocks group, checked."""
-    k2_design = str(blocks_cfg.k2_design)
-    if k2_design not in K2_DESIGNS:
-        raise ModelConfigError(f"blocks.k2_design='{k2_design}' is unknown: use one of {', '.join(K2_DESIGNS)}")
-    reduction = _int(blocks_cfg.bottleneck_reduction, "blocks.bottleneck_reduction")
-    if reduction <= 0:
-        raise ModelConfigError(f"blocks.bottleneck_reduction={reduction} must be a positive integer")
-    return k2_design, reduction
-
-
-def model_options(model_cfg):
-    """(bn_momentum, zero_init_residual): plain model options, off (PyTorch's defaults) unless set."""
-    momentum = model_cfg.get("bn_momentum", 0.1)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
-        raise ModelConfigError(f"model.bn_momentum={momentum!r}: use a number in (0, 1] (PyTorch's default: 0.1)")
-    zero_init = model_cfg.get("zero_init_residual", False)
-    if not isinstance(zero_init, bool):
-        raise ModelConfigError(f"model.zero_init_residual={zero_init!r}: use true or false")
-    return float(momentum), zero_init
+    return items if num_layers is None else items[:num_layers]
 
 
 def model_spec(cfg) -> ModelSpec:
-    """The whole model's spec from a composed config; image size from data.image_size (default 32)."""
-    k2_design, reduction = block_choices(cfg.blocks)
-    num_classes = _int(cfg.model.num_classes, "model.num_classes")
-    if num_classes <= 0:
-        raise ModelConfigError(f"model.num_classes={num_classes}: use a positive integer (10 for CIFAR-10)")
+    """The whole model's spec from a composed config (checked first, see the module's docstring); the image
+    size from data.image_size (default 32)."""
+    cfg = checked(cfg, MODEL_GROUPS)
     data = cfg.get("data") or {}
-    image_size = data.get("image_size", 32)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ModelConfigError(f"data.image_size={image_size!r}: use a positive integer (32 for CIFAR)")
-    momentum, zero_init = model_options(cfg.model)
-    return ModelSpec(stem_spec(cfg.stem), layer_specs(cfg.model), num_classes, image_size,
-                     k2_design=k2_design, reduction=reduction, bn_momentum=momentum, zero_init_residual=zero_init)
+    return ModelSpec(stem_spec(cfg.stem), layer_specs(cfg.model), cfg.model.num_classes,
+                     _or(data.get("image_size"), 32), k2_design=str(_or(cfg.blocks.get("k2_design"), "pad")),
+                     reduction=_or(cfg.blocks.get("bottleneck_reduction"), 4),
+                     bn_momentum=float(_or(cfg.model.get("bn_momentum"), 0.1)),
+                     zero_init_residual=bool(cfg.model.get("zero_init_residual")))

@@ -7,32 +7,29 @@ check is an invalid proposal, one that passes is measured against its budgets.
 """
 import torch
 
-from data import Augmentation, check_data_config
+from data import check_data_config
 from errors import BudgetError, ConfigError
 from models import param_report
 from training.lr_range import check_settings
-from training.optim import build_optimizer, build_scheduler, fused_kernels
+from training.optim import build_optimizer, build_scheduler
 from training.schema import validate
 from training.weights import check_weights_file
 
 
 def check_config(cfg):
     """Everything that can be wrong with a config, checked in milliseconds. Returns the param report."""
-    validate(cfg)  # every key's type and range first: one line naming the key, the value and what is allowed
+    valid = validate(cfg)  # every key's type and range first: one line naming the key, the value and what is allowed
     check_data_config(cfg)  # then the dataset: the model's head and image size come from it
-    report = param_report(cfg)
-    # Each key's type and range is validate()'s alone; what is left here spans several keys or the machine.
+    report = param_report(valid)  # the shapes the blocks chain, the counts (the checked copy: not checked again)
+    # Each key's type and range is validate()'s alone; what is left here spans several keys, files or the machine.
     if cfg.trainer.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA GPU is visible: use trainer.device=auto or cpu")
     if cfg.task == "lr_range_test":
         check_settings(cfg.lr_range)
     if cfg.task == "evaluate":
         check_weights_file(cfg.evaluate.weights)
-    try:
-        Augmentation(cfg.augmentation)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    fused_kernels(cfg, "cpu")
+    # The optimizer's and the schedule's rules across keys (Nesterov without momentum, two lr scalings, a
+    # cyclic range upside down, scheduler.bounds_from's file or run) are theirs, met by building them once.
     stand_in = torch.nn.Linear(1, 1)  # the names and numbers are what can be wrong, not the model
     build_scheduler(cfg, build_optimizer(cfg, stand_in, "cpu", fused=False), steps_per_epoch=1,
                     epochs=cfg.trainer.epochs)

@@ -71,6 +71,20 @@ def Int(low=None, high=None, null=False, hint=""):  # noqa: N802 - reads as a ty
     return Number(low, high, integer=True, null=null, hint=hint)
 
 
+class KernelSize(Number):
+    """A residual layer's kernel: odd (a centred "same" padding of k // 2 keeps the map's size) or 2 (the
+    paper's kernel-2 designs, blocks.k2_design). An even kernel other than 2 has neither."""
+
+    def __init__(self):
+        super().__init__(1, integer=True)
+
+    def allowed(self):
+        return "must be an integer >= 1, odd (1, 3, 5, ...) or 2"
+
+    def check(self, value):
+        return super().check(value) or (None if value == 2 or value % 2 == 1 else self.allowed())
+
+
 class Choice(Rule):
     def __init__(self, *options, null=False):
         self.options, self.null = options, null
