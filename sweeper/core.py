@@ -91,8 +91,7 @@ class ConstrainedSweep:
             raise SystemExit(130) from None  # the shell's code for Ctrl-C
 
     def _sweep(self, arguments):
-        settings_mod.check_heartbeats(self.conf)
-        settings_mod.check_counts(self.conf)
+        settings_mod.check_all(self.conf)
         arguments = setup.hide_secrets(self.config, self.conf, arguments)
         self.space, self.fixed = space_mod.parse(self.conf.params, arguments)
         self.extender = self.build_extender()

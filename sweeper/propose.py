@@ -76,7 +76,7 @@ class Proposer:
             self.steer_to_unseen(study, seen)
         # The heartbeat first, the sampler after: a sampler can take seconds (GP, TPE on a long history), and
         # a worker killed in them must leave a trial whose heartbeat goes stale, not one without any.
-        trial = study.ask()
+        trial = self.store.ask(study)
         trial_id = self.store.storage.get_trial_id_from_study_id_trial_number(self.store.study_id, trial.number)
         self.store.heartbeats.hold(trial_id, trial.number)
         for name, distribution in self.space.items():

@@ -58,12 +58,11 @@ def open_storage(url, heartbeat_interval=None, grace_period=None):
     key = (url, heartbeat_interval, grace_period)
     if key not in _storages:
         import optuna
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        # We drive heartbeats ourselves (ask/tell, not Study.optimize); Optuna warns at every ask.
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if url.startswith("sqlite") else {}
         heartbeat = {} if heartbeat_interval is None else dict(heartbeat_interval=heartbeat_interval,
                                                                 grace_period=grace_period)
-        with first_open(url):
+        with first_open(url), warnings.catch_warnings():
+            # heartbeat_interval is experimental in Optuna; it is used on purpose, so its warning stays here.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             _storages[key] = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     return _storages[key]

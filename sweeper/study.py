@@ -1,9 +1,11 @@
 """The study as several processes share it: which trials count, tolerant tells, this process's heartbeats,
 and the StudyStore that opens the study and reclaims the trials of workers that died."""
+import contextlib
 import logging
 import math
 import threading
 import time
+import warnings
 
 import optuna
 from omegaconf import OmegaConf
@@ -14,6 +16,16 @@ from sweeper import compat, job as job_api, secrets
 from sweeper.stores import open_storage
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def deliberate():
+    """Around the sweeper's deliberate use of Optuna's experimental heartbeat API (and of heartbeats outside
+    Study.optimize, which Optuna warns about at every ask): those warnings stop here, the app's do not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
 
 
 def trained_trials(trials):
@@ -130,6 +142,12 @@ class StudyStore:
         study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, directions=directions)
         return cls(storage, None, study.study_name, 0, 0), study
 
+    @staticmethod
+    def ask(study):
+        """study.ask, without Optuna's warning that heartbeats belong to Study.optimize (we keep them ourselves)."""
+        with deliberate():
+            return study.ask()
+
     def close(self, study, proposal, state, values=None, attrs=None):
         """Record how a trial ended and stop its heartbeat."""
         if attrs:
@@ -156,7 +174,8 @@ class StudyStore:
     def fail_dead_trials(self, study):
         """Free the slots of workers that died: trials whose heartbeat is stale (Optuna's check) and those
         that never had one (fail_silent_trials)."""
-        optuna.storages.fail_stale_trials(study)
+        with deliberate():
+            optuna.storages.fail_stale_trials(study)
         self.fail_silent_trials()
 
     def fail_silent_trials(self):
