@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from errors import UsageError
-from sweeper import compat, job as job_api, secrets
+from sweeper import compat, job as job_api, secrets, signals
 from sweeper.stores import open_storage
 
 log = logging.getLogger(__name__)
@@ -150,10 +150,11 @@ class StudyStore:
 
     def close(self, study, proposal, state, values=None, attrs=None):
         """Record how a trial ended and stop its heartbeat."""
-        if attrs:
-            set_attrs(proposal.trial, attrs)
-        recorded = tell(study, proposal.number, state=state, values=values)
-        self.heartbeats.release(proposal.trial_id)
+        with signals.held():  # a SIGTERM waits for the tell: never a trial half recorded
+            if attrs:
+                set_attrs(proposal.trial, attrs)
+            recorded = tell(study, proposal.number, state=state, values=values)
+            self.heartbeats.release(proposal.trial_id)
         return recorded
 
     def close_held(self, study):
