@@ -106,7 +106,7 @@ class Proposer:
         launched. Each worker stores its values before it reads, so of two twins the later reader sees the
         other; both are launched only if one of them stores its values and reads in the moment between the
         other's reading and its marking the trial launched."""
-        if not isinstance(self.store.storage, optuna.storages.RDBStorage):
+        if not self.store.shared:
             return  # one process: `known` is up to date
         for t in study.get_trials(deepcopy=False):
             if t.number == proposal.number or space_mod.params_key(t.params) != key:
