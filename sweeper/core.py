@@ -18,11 +18,8 @@ set-up (sweeper/setup.py), proposing (Proposer, sweeper/propose.py), the study, 
 workers' trials (StudyStore, sweeper/study.py), running (LauncherRunner and PoolRunner, sweeper/runners.py),
 the MLflow parent run (sweeper/tracking.py) and the summary (sweeper/report.py).
 """
-import contextlib
 import logging
-import signal
 import sys
-import threading
 import time
 
 from hydra.core.plugins import Plugins
@@ -218,44 +215,8 @@ class ConstrainedSweep:
                 if left <= 0 or self.proposer.waiting_for_others:
                     self.wait(time.sleep, poll)  # other workers' trials are in flight: one may fail and free its slot
 
-    @contextlib.contextmanager
-    def interrupts_at_waits(self):
-        """With a pool, this process only proposes, records and waits, so Ctrl-C is taken while it waits:
-        one that lands inside a storage call is held until the next wait. (Taken at once, it was once raised
-        in SQLAlchemy's connection-pool clean-up, which printed its own traceback before the sweep's line.)
-        With a launcher the trials run in this process and take Ctrl-C themselves, as they always did."""
-        self.waiting, self.interrupt_pending = False, False
-        if not self.pool or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        # SIGINT ignored (a background job) or handled by someone else is left as it is; SIGTERM when sweep() took it.
-        taken = {number: signal.getsignal(number) for number, ours in (
-            (signal.SIGINT, signal.getsignal(signal.SIGINT) is signal.default_int_handler),
-            (signal.SIGTERM, signals.installed())) if ours}
-
-        def on_signal(signum, frame):
-            error = signals.Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-            if self.waiting:
-                raise error
-            self.interrupt_pending, self.pending_error = True, error
-
-        for number in taken:
-            signal.signal(number, on_signal)
-        try:
-            yield
-        finally:
-            for number, handler in taken.items():
-                signal.signal(number, handler)
-
-    def wait(self, function, *args, **kwargs):
-        """Run a wait (the pool's wait for a trial to end, a sleep) as the one place a held Ctrl-C is raised."""
-        self.waiting = True
-        try:
-            if self.interrupt_pending:
-                raise getattr(self, "pending_error", KeyboardInterrupt)
-            return function(*args, **kwargs)
-        finally:
-            self.waiting = False
+    # Signals with a pool: taken at waits only (sweeper/signals.py); tests call them on a stand-in sweep.
+    interrupts_at_waits, wait = signals.interrupts_at_waits, signals.wait
 
     @property
     def runner(self):

@@ -10,7 +10,7 @@ import sys
 import optuna
 import pytest
 
-from tests.faultkit import REPO, train_env
+from tests.faultkit import train_env
 
 APP = '''
 import hydra
