@@ -11,6 +11,7 @@ that lands inside is raised when the outermost `held()` ends. Only signals taken
 held; Python's own SIGINT handler is left as it is.
 """
 import contextlib
+import os
 import signal
 import threading
 
@@ -19,14 +20,24 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be."""
 
 
-_state = {"depth": 0, "pending": None}
+_state = {"depth": 0, "pending": None, "raised": False}
 
 
 def _handler(signum, frame):
+    if _state["raised"]:
+        return  # the process is ending already: a second SIGTERM (forwarded by a parent) must not cut its clean-up
     if _state["depth"] > 0:
         _state["pending"] = signum
         return
+    _state["raised"] = True
     raise Terminated(f"signal {signum}")
+
+
+def _ours_to_take(current):
+    """SIGTERM with Python's default; or a local submitit job's: submitit's job wrapper bypasses SIGTERM (on SLURM a
+    preemption comes as USR2, which requeues the job), and a local job, never requeued, would run on unseen."""
+    return current is signal.SIG_DFL or (os.environ.get("SUBMITIT_EXECUTOR") == "local"
+                                         and getattr(current, "__name__", "") == "bypass")
 
 
 def installed():
@@ -35,21 +46,25 @@ def installed():
 
 @contextlib.contextmanager
 def terminate_as_interrupt():
-    """SIGTERM raises Terminated inside the block (main thread only, and only where SIGTERM has Python's default:
-    a handler someone else installed, or an ignored SIGTERM, is left alone)."""
-    if threading.current_thread() is not threading.main_thread() or installed() \
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    """SIGTERM raises Terminated inside the block (main thread only, and only where SIGTERM has Python's default
+    or is a local submitit job's: a handler someone else installed, or an ignored SIGTERM, is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or installed():
         yield
         return
-    signal.signal(signal.SIGTERM, _handler)
+    previous = signal.getsignal(signal.SIGTERM)
+    if not _ours_to_take(previous):
+        yield
+        return
+    take()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def take(signum=signal.SIGTERM):
-    """Take SIGTERM from now on (a worker process's trial: undone by `ignore`)."""
+    """Take SIGTERM from now on (a pool worker's trial; the worker ignores it again between trials)."""
+    _state.update(depth=0, pending=None, raised=False)
     signal.signal(signum, _handler)
 
 
@@ -66,7 +81,7 @@ def held():
     finally:
         _state["depth"] -= 1
         if _state["depth"] == 0 and _state["pending"] is not None:
-            _state["pending"] = None
+            _state.update(pending=None, raised=True)
             raise Terminated("signal held until a write had ended")
 
 

@@ -97,3 +97,26 @@ def test_a_sweep_terminated_after_epoch_2_resumes_its_trial_after_epoch_2_in_one
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(1, EPOCHS + 1))
     children = [r for r in client.search_runs([run.info.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     assert [c.info.run_id for c in children] == [run_id]
+
+
+def test_a_requeued_job_takes_its_own_checkpoint_and_never_another_trials(tmp_path):
+    """SLURM requeues a preempted job as the same trial in the same job folder: it goes on from its checkpoint. A
+    sweep run again in the same hydra.sweep.dir gives that folder to another trial, which must start afresh."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from training import checkpoint
+    cfg = OmegaConf.create({"model": {"name": "tiny"}, "trainer": {"epochs": 4, "resume": False},
+                            "mlflow": {"tracking_uri": "sqlite:///m.db"}})
+    path = tmp_path / "0" / "checkpoint" / "last.pt"
+    state = {"config_key": checkpoint.config_key(cfg), "sweep_trial": "study#3", "epoch": 2, "mlflow_run_id": "r1"}
+    checkpoint.save(path, state)
+    tracker = SimpleNamespace(has_run=lambda run_id: run_id == "r1")
+    same = SimpleNamespace(key="study#3", resume_from=None)
+    other = SimpleNamespace(key="study#5", resume_from=None)
+    replacing = SimpleNamespace(key="study#7", resume_from=str(path))
+    assert checkpoint.load(path, cfg, tracker, same)["epoch"] == 2
+    assert checkpoint.load(path, cfg, tracker, other) is None
+    assert checkpoint.load(path, cfg, tracker, replacing)["sweep_trial"] == "study#3"
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # written whole, no temporary file left
