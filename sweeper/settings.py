@@ -93,7 +93,7 @@ def check_devices(conf):
 
 
 # `dialect[+driver]://...` (SQLAlchemy), or `journal:<file>` (Optuna's JournalStorage on a shared file system).
-_DATABASE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\+[A-Za-z0-9_]+)?://.")
+_DATABASE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\+[A-Za-z0-9_]+)?://")  # `sqlite://` alone: in memory
 
 
 def check_storage(conf):
