@@ -18,11 +18,8 @@ set-up (sweeper/setup.py), proposing (Proposer, sweeper/propose.py), the study, 
 workers' trials (StudyStore, sweeper/study.py), running (LauncherRunner and PoolRunner, sweeper/runners.py),
 the MLflow parent run (sweeper/tracking.py) and the summary (sweeper/report.py).
 """
-import contextlib
 import logging
-import signal
 import sys
-import threading
 import time
 
 from hydra.core.plugins import Plugins
@@ -30,13 +27,14 @@ from omegaconf import OmegaConf
 
 from errors import SweepError, UsageError
 from sweeper import job as job_api
-from sweeper import display, report, runners, secrets, settings as settings_mod, setup, space as space_mod
+from sweeper import display, report, runners, secrets, settings as settings_mod, setup, signals, space as space_mod
 from sweeper.compose import JobConfigs
 from sweeper.confirm import Confirmation
 from sweeper.constraints import Constraints
 from sweeper.pool import DevicePool, device_ids
 from sweeper.preview import preview
 from sweeper.propose import Proposal, Proposer, readable  # noqa: F401 - Proposal, readable: importable here as before
+from sweeper.resume import Resumer
 from sweeper.study import StudyStore, tell, trained_trials  # noqa: F401 - tell: importable here as before
 from sweeper.tracking import Tracking
 
@@ -64,7 +62,7 @@ class ConstrainedSweep:
         self.whitelist = getattr(hydra_context, "execution_whitelist", None)
         self.directions = settings_mod.directions(self.conf)
         self.n_trials = int(self.conf.n_trials)
-        self.store = self.proposer = None  # a StudyStore and its Proposer, once the study is open (open_study)
+        self.store = self.proposer = self.resumer = None  # StudyStore, Proposer, Resumer once the study is open
         # Set by _sweep (tests/test_sweep_loop.py sets them directly), then by run and loop.
         self.space = self.fixed = self.extender = self.job_configs = self.constraints = self.grid = None
         self.devices = self.pool = self._runner = self.tracking = self.parent = None
@@ -84,18 +82,21 @@ class ConstrainedSweep:
     # --- entry -------------------------------------------------------------------------------------
     def sweep(self, arguments):
         try:
-            return self._sweep(list(arguments))
+            with signals.terminate_as_interrupt():  # SIGTERM (a scheduler's preemption, kill) is handled as Ctrl-C
+                return self._sweep(list(arguments))
         except (UsageError, SweepError) as err:
             print(f"error: {secrets.mask_url(str(err))}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-        except KeyboardInterrupt:
-            print("interrupted: the trials in flight are recorded FAIL (user attr interrupted) and their MLflow runs "
-                  "KILLED; the trained ones are kept. Run the same command again to go on.", file=sys.stderr, flush=True)
-            raise SystemExit(130) from None  # the shell's code for Ctrl-C
+        except KeyboardInterrupt as err:
+            terminated = isinstance(err, signals.Terminated)
+            print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: the trials in flight are recorded FAIL "
+                  "(user attr interrupted) and their MLflow runs KILLED; the trained ones are kept. Run the same command "
+                  "again to go on: each interrupted trial resumes from its last epoch checkpoint.",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(143 if terminated else 130) from None  # the shell's codes for SIGTERM and Ctrl-C
 
     def _sweep(self, arguments):
-        settings_mod.check_heartbeats(self.conf)
-        settings_mod.check_counts(self.conf)
+        settings_mod.check_all(self.conf)
         arguments = setup.hide_secrets(self.config, self.conf, arguments)
         self.space, self.fixed = space_mod.parse(self.conf.params, arguments)
         self.extender = self.build_extender()
@@ -178,6 +179,7 @@ class ConstrainedSweep:
         verbose = bool(OmegaConf.select(self.config, "hydra.verbose", default=False))
         self.store, study = StudyStore.open(self.conf, sampler, self.directions, verbose=verbose)
         self.proposer = Proposer.for_sweep(self, self.store)
+        self.resumer = Resumer(self.store)
         return study
 
     # --- set-up (sweeper/setup.py); these four are the sweep's own so that tests can call them on it ----------
@@ -220,38 +222,8 @@ class ConstrainedSweep:
                 if left <= 0 or self.proposer.waiting_for_others:
                     self.wait(time.sleep, poll)  # other workers' trials are in flight: one may fail and free its slot
 
-    @contextlib.contextmanager
-    def interrupts_at_waits(self):
-        """With a pool, this process only proposes, records and waits, so Ctrl-C is taken while it waits:
-        one that lands inside a storage call is held until the next wait. (Taken at once, it was once raised
-        in SQLAlchemy's connection-pool clean-up, which printed its own traceback before the sweep's line.)
-        With a launcher the trials run in this process and take Ctrl-C themselves, as they always did."""
-        self.waiting, self.interrupt_pending = False, False
-        if not self.pool or signal.getsignal(signal.SIGINT) is not signal.default_int_handler \
-                or threading.current_thread() is not threading.main_thread():
-            yield  # SIGINT ignored (a background job) or handled by someone else: left as it is
-            return
-
-        def on_sigint(signum, frame):
-            if self.waiting:
-                raise KeyboardInterrupt
-            self.interrupt_pending = True
-
-        signal.signal(signal.SIGINT, on_sigint)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def wait(self, function, *args, **kwargs):
-        """Run a wait (the pool's wait for a trial to end, a sleep) as the one place a held Ctrl-C is raised."""
-        self.waiting = True
-        try:
-            if self.interrupt_pending:
-                raise KeyboardInterrupt
-            return function(*args, **kwargs)
-        finally:
-            self.waiting = False
+    # Signals with a pool: taken at waits only (sweeper/signals.py); tests call them on a stand-in sweep.
+    interrupts_at_waits, wait = signals.interrupts_at_waits, signals.wait
 
     @property
     def runner(self):
@@ -271,7 +243,9 @@ class ConstrainedSweep:
             if self.proposer.remaining(study.get_trials(deepcopy=False))[0] <= 0:
                 break
             try:
-                proposal = self.proposer.propose(study)
+                # An interrupted trial goes on from its checkpoint before any new configuration (sweeper/resume.py).
+                proposal = self.resumer.next(study) if self.resumer else None
+                proposal = proposal or self.proposer.propose(study)
             except SweepError as err:  # launch nothing more; the batch so far and the pool's trials still end
                 self.stopped_by = err
                 break

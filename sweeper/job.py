@@ -27,6 +27,7 @@ ENV_TRIAL_ID = "SWEEPER_TRIAL_ID"
 ENV_PARENT_RUN = "SWEEPER_PARENT_RUN_ID"
 ENV_DIRECTIONS = "SWEEPER_DIRECTIONS"  # e.g. "maximize" or "maximize,minimize"
 ENV_REPORT = "SWEEPER_REPORT"          # "0": the job does not report to the pruner (a confirmation run, never pruned)
+ENV_RESUME = "SWEEPER_RESUME_FROM"     # an interrupted trial's checkpoint file, which this trial goes on from
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold", "wilcoxon")
 
 # In-memory storages of this process's sweeps, by study name: a job in the sweeper's process reports to them.
@@ -72,6 +73,9 @@ class SweepTrial:
         self.directions = [d for d in os.environ.get(ENV_DIRECTIONS, "maximize").split(",") if d]
         # Optuna prunes one objective only; a confirmation run (sweeper/confirm.py) is never pruned.
         self._trial, self._reporting = None, len(self.directions) == 1 and os.environ.get(ENV_REPORT) != "0"
+        self._trial, self._reporting = None, len(self.directions) == 1  # Optuna prunes one objective only
+        self.resume_from = os.environ.get(ENV_RESUME) or None  # set for a trial that replaces an interrupted one
+        self.key = f"{self.study_name}#{number}"  # what a checkpoint of this trial records (training/checkpoint.py)
 
     def __repr__(self):
         return f"SweepTrial(number={self.number}, study={self.study_name!r})"
@@ -96,6 +100,39 @@ class SweepTrial:
                                       sampler=optuna.samplers.RandomSampler())
             self._trial = optuna.trial.Trial(study, int(os.environ[ENV_TRIAL_ID]))
         return self._trial
+
+    def record(self, **attrs):
+        """User attrs of this trial, best effort (a job that cannot reach its study still trains): where its
+        checkpoint is and which MLflow run it logs to, so that an interrupted trial can be resumed."""
+        try:
+            trial = self._optuna_trial()
+            if trial is None:
+                return False
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            return True
+        except Exception as err:  # noqa: BLE001 - closed by another process, storage away: the job goes on
+            log.warning("trial %s: could not record %s in the study (%s)", self.number, sorted(attrs), err)
+            return False
+
+    def backfill(self, values):
+        """Intermediate values ({step: value}) the study lacks, e.g. a step whose checkpoint was written but whose
+        report was cut off by SIGTERM; no pruning decision is taken on them (that one was never taken)."""
+        if not self._reporting or self._optuna_trial() is None:
+            return
+        try:
+            known = self._frozen().intermediate_values
+            for step, value in sorted(values.items()):
+                if step not in known:
+                    self._trial.report(float(value), int(step))
+        except Exception as err:  # noqa: BLE001 - best effort, as report
+            log.warning("trial %s: could not backfill intermediate values (%s)", self.number, err)
+
+    def _frozen(self):
+        import optuna
+        study = self._trial.study
+        return next(t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                    if t.number == self.number)
 
     def report(self, value, step):
         """Report an intermediate value; raise TrialPruned if the pruner says stop."""

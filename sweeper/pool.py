@@ -72,6 +72,7 @@ def _start_worker(device, payload):
     # Ctrl-C reaches the whole process group: a worker between trials ignores it (it exits when the sweeper
     # shuts the pool down); a trial takes it as its own Ctrl-C (_run_trial), so its run ends KILLED.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is SIGTERM to the group (preemption): a trial takes it
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
     task_function, hydra_context, singleton_state = pickle.loads(payload)
@@ -89,7 +90,9 @@ def _run_trial(sweep_config, environment):
     from hydra.core.utils import run_job
     os.environ.update(environment)  # what the sweeper shares with its jobs, set after this worker started
     HydraConfig.instance().set_config(sweep_config)
+    from sweeper import signals
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signals.take(signal.SIGTERM)  # as Ctrl-C: the trial's run ends KILLED, its last checkpoint kept
     try:
         return run_job(hydra_context=_worker["hydra_context"], task_function=_worker["task_function"],
                        config=sweep_config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -104,6 +107,7 @@ def _run_trial(sweep_config, environment):
         raise fresh from None
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # --- in the sweeper --------------------------------------------------------------------------------

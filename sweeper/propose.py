@@ -76,7 +76,7 @@ class Proposer:
             self.steer_to_unseen(study, seen)
         # The heartbeat first, the sampler after: a sampler can take seconds (GP, TPE on a long history), and
         # a worker killed in them must leave a trial whose heartbeat goes stale, not one without any.
-        trial = study.ask()
+        trial = self.store.ask(study)
         trial_id = self.store.storage.get_trial_id_from_study_id_trial_number(self.store.study_id, trial.number)
         self.store.heartbeats.hold(trial_id, trial.number)
         for name, distribution in self.space.items():
@@ -106,7 +106,7 @@ class Proposer:
         launched. Each worker stores its values before it reads, so of two twins the later reader sees the
         other; both are launched only if one of them stores its values and reads in the moment between the
         other's reading and its marking the trial launched."""
-        if not isinstance(self.store.storage, optuna.storages.RDBStorage):
+        if not self.store.shared:
             return  # one process: `known` is up to date
         for t in study.get_trials(deepcopy=False):
             if t.number == proposal.number or space_mod.params_key(t.params) != key:

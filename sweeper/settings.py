@@ -1,5 +1,6 @@
 """The sweeper's settings as the plugin's dataclass types them (hydra_plugins/constrained_optuna_sweeper):
 the defaults are there and only there; this module checks names and the values that cannot work."""
+import re
 from dataclasses import fields
 
 from omegaconf import MISSING, OmegaConf
@@ -48,6 +49,99 @@ def check_heartbeats(conf):
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace > interval:
         raise UsageError(f"hydra.sweeper.grace_period={grace}: must be longer than hydra.sweeper.heartbeat_interval "
                          f"({interval} s), or a live trial is taken for dead between two of its heartbeats")
+
+
+def check_all(conf):
+    """Every hydra.sweeper value that cannot work, as one UsageError, before anything is opened or started."""
+    check_heartbeats(conf)
+    check_counts(conf)
+    for check in (check_directions, check_devices, check_storage, check_names, check_blocks):
+        check(conf)
+
+
+def _fail(key, value, allowed):
+    from sweeper.secrets import mask_url
+    raise UsageError(f"hydra.sweeper.{key}={mask_url(str(value))}: {allowed}")
+
+
+def check_directions(conf):
+    names = directions(conf)
+    if not names or any(name not in ("minimize", "maximize") for name in names):
+        _fail("direction", conf.direction, "must be minimize, maximize, or a list of them (one per objective)")
+    objective_names = conf.objective_names
+    if objective_names is None:
+        return
+    if not isinstance(objective_names, list) or any(not isinstance(n, str) or not n.strip() for n in objective_names) \
+            or len(set(objective_names)) != len(objective_names):
+        _fail("objective_names", objective_names, "must be a list of distinct names, one per objective, or null")
+    # The project's preset names two objectives for a sweep that may have one: more names than objectives are
+    # allowed (the first ones are used); fewer leave an objective without a name.
+    if len(objective_names) < len(names):
+        _fail("objective_names", objective_names, f"must name each of the {len(names)} objectives of "
+                                                  f"hydra.sweeper.direction={names}")
+
+
+def check_devices(conf):
+    """null (batches through hydra/launcher), auto, or distinct non-negative device ids (a single id is a list of one)."""
+    devices = conf.devices
+    if devices is None or (isinstance(devices, str) and devices.strip() == "auto"):
+        return
+    ids = devices if isinstance(devices, list) else [devices]
+    if not ids or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in ids) or len(set(ids)) != len(ids):
+        _fail("devices", devices, "must be auto, a list of distinct device ids (integers >= 0) such as [0,1], "
+                                  "or null (trials go through hydra/launcher)")
+
+
+# `dialect[+driver]://...` (SQLAlchemy), or `journal:<file>` (Optuna's JournalStorage on a shared file system).
+_DATABASE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\+[A-Za-z0-9_]+)?://")  # `sqlite://` alone: in memory
+
+
+def check_storage(conf):
+    storage = conf.storage
+    if storage is None or storage == "":
+        return
+    allowed = ("must be a database URL (sqlite:///optuna.db, postgresql://host/db), journal:<file> (a journal "
+               "file on a shared file system), or null (in this process's memory)")
+    if not isinstance(storage, str):
+        _fail("storage", storage, allowed)
+    if storage.startswith("journal:"):
+        if not storage[len("journal:"):].strip():
+            _fail("storage", storage, "journal: needs a file, e.g. journal:/shared/optuna.journal")
+        return
+    if not _DATABASE_URL.match(storage):
+        # No scheme, so mask_url does not see the password in `user:password@host`: hide it here.
+        _fail("storage", re.sub(r":[^:@/]*@", ":***@", storage), allowed)
+
+
+def check_names(conf):
+    if conf.study_name is not None and (not isinstance(conf.study_name, str) or not conf.study_name.strip()):
+        _fail("study_name", conf.study_name, "must be a non-empty name, or null (Optuna picks one)")
+    rate = conf.max_failure_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        _fail("max_failure_rate", rate, "must be a number from 0 to 1 (the share of trials that may crash)")
+    if not isinstance(conf.preview, bool):
+        _fail("preview", conf.preview, "must be true or false")
+    if conf.custom_search_space is not None and (not isinstance(conf.custom_search_space, str)
+                                                 or not conf.custom_search_space.strip()):
+        _fail("custom_search_space", conf.custom_search_space, "must be the dotted name of a function, or null")
+
+
+def check_blocks(conf):
+    """The nested settings: params a mapping; constraints and preflight built from `_target_`s; pruner and mlflow mappings."""
+    if conf.params is not None and not isinstance(conf.params, dict):
+        _fail("params", conf.params, "must be a mapping of config keys to search expressions")
+    if not isinstance(conf.constraints or {}, dict):
+        _fail("constraints", conf.constraints, "must be a mapping of names to {_target_: function}")
+    for name, spec in (conf.constraints or {}).items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
+            _fail(f"constraints.{name}", spec, "must be {_target_: function}")
+    if conf.preflight is not None and (not isinstance(conf.preflight, dict)
+                                       or not isinstance(conf.preflight.get("_target_"), str)):
+        _fail("preflight", conf.preflight, "must be {_target_: function}, or null")
+    if conf.pruner is not None and not isinstance(conf.pruner, dict):
+        _fail("pruner", conf.pruner, "must be {name: median, ...}, {_target_: optuna.pruners.X, ...}, or null")
+    if conf.mlflow is not None and not isinstance(conf.mlflow, dict):
+        _fail("mlflow", conf.mlflow, "must be {tracking_uri: ..., experiment: ...}, or null")
 
 
 def check_counts(conf):

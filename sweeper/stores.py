@@ -49,21 +49,41 @@ def first_open(url):
 _storages = {}
 
 
+JOURNAL = "journal:"
+
+
+def journal_path(url):
+    """The file behind `journal:<file>`; None for other URLs."""
+    if not isinstance(url, str) or not url.startswith(JOURNAL):
+        return None
+    return os.path.abspath(os.path.expanduser(url[len(JOURNAL):]))
+
+
 def open_storage(url, heartbeat_interval=None, grace_period=None):
-    """Optuna's RDBStorage for `url` (with heartbeats when an interval is given), one per process and URL.
+    """Optuna's RDBStorage for `url` (with heartbeats when an interval is given), one per process and URL; for
+    `journal:<file>`, a JournalStorage on that file (no database, no server: workers share the file; its
+    heartbeats are the sweeper's own, sweeper/study.py).
 
     Trials that run in this process (the basic launcher) share it instead of paying for a new engine
     and schema check each (~0.1 s a trial).
     """
+    path = journal_path(url)
+    if path is not None:
+        if url not in _storages:
+            import optuna
+            from optuna.storages.journal import JournalFileBackend
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            # The default lock (a symlink beside the file) works on NFS, where fcntl locks may not.
+            _storages[url] = optuna.storages.JournalStorage(JournalFileBackend(path))
+        return _storages[url]
     key = (url, heartbeat_interval, grace_period)
     if key not in _storages:
         import optuna
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        # We drive heartbeats ourselves (ask/tell, not Study.optimize); Optuna warns at every ask.
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if url.startswith("sqlite") else {}
         heartbeat = {} if heartbeat_interval is None else dict(heartbeat_interval=heartbeat_interval,
                                                                 grace_period=grace_period)
-        with first_open(url):
+        with first_open(url), warnings.catch_warnings():
+            # heartbeat_interval is experimental in Optuna; it is used on purpose, so its warning stays here.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             _storages[key] = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     return _storages[key]

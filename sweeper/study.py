@@ -1,16 +1,18 @@
 """The study as several processes share it: which trials count, tolerant tells, this process's heartbeats,
 and the StudyStore that opens the study and reclaims the trials of workers that died."""
+import contextlib
 import logging
 import math
 import threading
 import time
+import warnings
 
 import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from errors import UsageError
-from sweeper import compat, job as job_api, secrets
+from sweeper import compat, job as job_api, secrets, signals
 from sweeper.stores import open_storage
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,16 @@ CONFIRM_OF = "confirm_of"  # user attr of a confirmation run (sweeper/confirm.py
 
 def is_confirmation(trial):
     return CONFIRM_OF in trial.user_attrs
+
+
+@contextlib.contextmanager
+def deliberate():
+    """Around the sweeper's deliberate use of Optuna's experimental heartbeat API (and of heartbeats outside
+    Study.optimize, which Optuna warns about at every ask): those warnings stop here, the app's do not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
 
 
 def trained_trials(trials):
@@ -54,11 +66,28 @@ def set_attrs(trial, attrs):
         return False
 
 
+# A journal's heartbeat: a trial system attr, the beating worker's wall-clock time. Readers never compare it with
+# their own clock (machines may disagree): a beat is stale once its value has not changed for grace_period.
+HEARTBEAT_ATTR = "sweeper:heartbeat"
+
+
+def beats(storage):
+    """Whether trials in `storage` get heartbeats: Optuna's own in a database, the sweeper's in a journal."""
+    return isinstance(storage, (optuna.storages.RDBStorage, optuna.storages.JournalStorage))
+
+
+def record_heartbeat(storage, trial_id):
+    if isinstance(storage, optuna.storages.JournalStorage):
+        storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+    else:
+        storage.record_heartbeat(trial_id)
+
+
 class Heartbeats:
     """One background thread that records a heartbeat for every trial this process holds (asked, not told)."""
 
     def __init__(self, storage, interval):
-        self.storage = storage if isinstance(storage, optuna.storages.RDBStorage) else None
+        self.storage = storage if beats(storage) else None
         self.interval, self.held, self.lock = interval, {}, threading.Lock()  # held: trial id -> number
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="sweeper-heartbeats", daemon=True)
@@ -69,7 +98,7 @@ class Heartbeats:
         with self.lock:
             self.held[trial_id] = number
         if self.storage is not None:
-            self.storage.record_heartbeat(trial_id)
+            record_heartbeat(self.storage, trial_id)
 
     def numbers(self):
         """Numbers of the trials this process holds."""
@@ -86,7 +115,7 @@ class Heartbeats:
                 ids = list(self.held)
             for trial_id in ids:
                 try:
-                    self.storage.record_heartbeat(trial_id)
+                    record_heartbeat(self.storage, trial_id)
                 except Exception as err:  # noqa: BLE001 - a missed beat is retried; grace_period covers several
                     log.warning(f"heartbeat for trial id {trial_id} failed: {err}")
 
@@ -104,6 +133,7 @@ class StudyStore:
         self.heartbeats = Heartbeats(storage, heartbeat_interval)
         self.grace_period = grace_period
         self.silent_since = {}  # trial id -> when this process first saw it RUNNING without any heartbeat
+        self.beat_seen = {}     # journal: trial id -> (its heartbeat value, when this process first saw that value)
 
     @classmethod
     def open(cls, conf, sampler, directions, verbose=False):
@@ -138,12 +168,19 @@ class StudyStore:
         study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, directions=directions)
         return cls(storage, None, study.study_name, 0, 0), study
 
+    @staticmethod
+    def ask(study):
+        """study.ask, without Optuna's warning that heartbeats belong to Study.optimize (we keep them ourselves)."""
+        with deliberate():
+            return study.ask()
+
     def close(self, study, proposal, state, values=None, attrs=None):
         """Record how a trial ended and stop its heartbeat."""
-        if attrs:
-            set_attrs(proposal.trial, attrs)
-        recorded = tell(study, proposal.number, state=state, values=values)
-        self.heartbeats.release(proposal.trial_id)
+        with signals.held():  # a SIGTERM waits for the tell: never a trial half recorded
+            if attrs:
+                set_attrs(proposal.trial, attrs)
+            recorded = tell(study, proposal.number, state=state, values=values)
+            self.heartbeats.release(proposal.trial_id)
         return recorded
 
     def close_held(self, study):
@@ -161,11 +198,42 @@ class StudyStore:
                 log.info(f"  trial #{number}: interrupted, recorded FAIL")
             self.heartbeats.release(trial_id)
 
+    @property
+    def shared(self):
+        """Whether other processes may work on this study (a database or a journal, not this process's memory)."""
+        return not isinstance(self.storage, optuna.storages.InMemoryStorage)
+
     def fail_dead_trials(self, study):
-        """Free the slots of workers that died: trials whose heartbeat is stale (Optuna's check) and those
-        that never had one (fail_silent_trials)."""
-        optuna.storages.fail_stale_trials(study)
+        """Free the slots of workers that died: trials whose heartbeat is stale (Optuna's check; a journal's,
+        fail_stale_journal_trials) and those that never had one (fail_silent_trials)."""
+        if isinstance(self.storage, optuna.storages.JournalStorage):
+            self.fail_stale_journal_trials(study)
+            return
+        with deliberate():
+            optuna.storages.fail_stale_trials(study)
         self.fail_silent_trials()
+
+    def fail_stale_journal_trials(self, study):
+        """A journal keeps no heartbeats of Optuna's: fail another worker's RUNNING trial whose heartbeat attr
+        (or its absence) has not changed for grace_period, timed on this process's own clock."""
+        now, grace = time.monotonic(), float(self.grace_period)
+        seen = {}
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            if trial_id in self.heartbeats.held:
+                continue
+            beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+            previous = self.beat_seen.get(trial_id)
+            seen[trial_id] = previous if previous is not None and previous[0] == beat else (beat, now)
+            if now - seen[trial_id][1] >= grace:
+                try:
+                    self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                    log.info(f"  trial #{trial.number}: no heartbeat for {grace:.0f}s (its worker died): failed, "
+                             f"its slot is free")
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # it ended meanwhile, or another worker failed it first
+                del seen[trial_id]
+        self.beat_seen = seen
 
     def fail_silent_trials(self):
         """Fail another worker's RUNNING trial that has had no heartbeat at all for grace_period.

@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from errors import CheckpointError
+from sweeper import signals
 from sweeper.secrets import mask_url
 from training.files import save_atomically
 
@@ -41,22 +42,30 @@ def checkpoint_path(cfg) -> Path:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import to_absolute_path  # the launch directory, even with hydra.job.chdir=true
     from sweeper.job import current_trial
+    trial = current_trial()
+    if trial is not None and trial.resume_from:
+        # This trial replaces an interrupted one (sweeper/resume.py): it goes on from that one's file, and keeps it.
+        return Path(trial.resume_from)
     folder = cfg.trainer.get("checkpoint_dir")
-    if not folder and current_trial() is not None and HydraConfig.initialized():
-        # The sweeper replaces an interrupted trial instead of continuing it: keep its checkpoint in its job folder.
+    if not folder and trial is not None and HydraConfig.initialized():
+        # A sweep trial's checkpoint is in its job folder; the study records where (user attr `checkpoint`).
         folder = os.path.join(HydraConfig.get().runtime.output_dir, "checkpoint")
     folder = folder or os.path.join("checkpoints", f"{cfg.model.name}-{config_key(cfg)}")
     return Path(to_absolute_path(str(folder))) / FILE
 
 
 def save(path: Path, state: dict):
-    save_atomically(state, path)
+    with signals.held():  # a SIGTERM now waits for the rename: the file is the last epoch's, whole
+        save_atomically(state, path)
 
 
-def load(path: Path, cfg, tracker):
+def load(path: Path, cfg, tracker, trial=None):
     """The last whole checkpoint for this config, or None. Temp files from a killed save are ignored.
 
-    Call after the MLflow store is open: the checkpoint's run must be in it.
+    A sweep trial (`trial`, sweeper.job.SweepTrial) loads only its own checkpoint (a requeued job: same study and
+    trial number) or the one it was told to go on from (trial.resume_from); a file another sweep's trial left in a
+    reused job folder is not its own and is replaced. Call after the MLflow store is open: the checkpoint's run
+    must be in it.
     """
     if not path.is_file():
         return None
@@ -65,6 +74,8 @@ def load(path: Path, cfg, tracker):
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); delete it "
                               f"or set trainer.resume=false to start over") from err
+    if trial is not None and not trial.resume_from and state.get("sweep_trial") != trial.key:
+        return None
     if state.get("config_key") != config_key(cfg):
         raise CheckpointError(f"checkpoint {path} was written for a different config: set trainer.checkpoint_dir "
                               f"to another folder, or trainer.resume=false to start over")
@@ -86,10 +97,11 @@ def remove(path: Path):
         pass
 
 
-def capture(cfg, *, model, optimizer, scheduler, scaler, ema, train_loader, history, run_id, elapsed):
+def capture(cfg, *, model, optimizer, scheduler, scaler, ema, train_loader, history, run_id, elapsed, trial=None):
     """The state after a finished epoch (len(history) epochs done)."""
     return {
         "config_key": config_key(cfg),
+        "sweep_trial": trial.key if trial is not None else None,
         "epoch": len(history),
         "history": history,
         "mlflow_run_id": run_id,

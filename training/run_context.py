@@ -5,7 +5,7 @@
 
 On the way in it starts (or, resuming, reopens) the MLflow run. On the way out it closes it with
 the status that says what happened: finished -> FINISHED; pruned by the sweep's pruner or stopped
-with Ctrl-C -> KILLED; diverged or any error -> FAILED, with the error kept as the run's `error`
+with Ctrl-C, SIGTERM or a requeue's exit -> KILLED; diverged or any error -> FAILED, with the error kept as the run's `error`
 tag. In a sweep the `trial_state` tag says what the sweeper records (COMPLETE, PRUNED, FAIL), the
 trial's reporter is closed, and a pruned trial's checkpoint is dropped (it is never continued).
 This is the one place that handles a run's failure; the entry point only turns user errors into
@@ -66,7 +66,9 @@ class RunContext:
             self._tag({"trial_state": "PRUNED" if pruned else "FAIL"})
         if isinstance(error, DivergedError):
             self._tag({"diverged": "true"})
-        stopped = pruned or isinstance(error, KeyboardInterrupt)
+        # SystemExit inside a run: submitit's job wrapper after a SLURM preemption (it requeues the job, which
+        # goes on from the checkpoint in this run), not a failure of the run.
+        stopped = pruned or isinstance(error, (KeyboardInterrupt, SystemExit))
         self.tracker.end("KILLED" if stopped else "FAILED", error=error)
         if pruned and self.checkpoint_path:
             checkpoint.remove(self.checkpoint_path)

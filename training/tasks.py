@@ -10,6 +10,7 @@ from omegaconf import OmegaConf, open_dict
 
 from data import make_loaders
 from models import build_model
+from sweeper import signals
 from sweeper.job import current_trial
 from training import checkpoint
 from training.progress import Progress
@@ -53,15 +54,22 @@ def train(cfg, report):
     train_loader, val_loader, test_loader = make_loaders(cfg, runtime.device, runtime.channels_last)
     tracker.open()  # a missing or damaged dataset stopped us above, before anything was written
     ckpt_path = checkpoint.checkpoint_path(cfg)
-    resumed = checkpoint.load(ckpt_path, cfg, tracker) if cfg.trainer.resume else None
+    trial = current_trial()  # None unless this job is a sweep trial (sweeper/job.py)
+    # A sweep trial always looks for its own checkpoint: a requeued or replacing job goes on (trainer.resume is
+    # the single run's switch, as a single run cannot tell its own checkpoint from another run's of the config).
+    resumed = checkpoint.load(ckpt_path, cfg, tracker, trial) if cfg.trainer.resume or trial is not None else None
     learner = Learner(cfg, runtime, len(train_loader))
     if resumed:
         checkpoint.restore(resumed, train_loader=train_loader, **learner.parts())
-    trial = current_trial()  # None unless this job is a sweep trial (sweeper/job.py)
-    with RunContext(tracker, report, trial=trial, resumed=resumed, checkpoint_path=ckpt_path,
-                    keep_checkpoint=cfg.trainer.keep_checkpoint, system_metrics=wants(cfg.mlflow.system_metrics)) as run:
+    with signals.terminate_as_interrupt(), RunContext(
+            tracker, report, trial=trial, resumed=resumed, checkpoint_path=ckpt_path,
+            keep_checkpoint=cfg.trainer.keep_checkpoint, system_metrics=wants(cfg.mlflow.system_metrics)) as run:
+        if trial is not None:  # where an interrupted trial goes on from (sweeper/resume.py)
+            trial.record(checkpoint=str(ckpt_path), mlflow_run_id=run.run_id)
         if resumed:
             print(f"resuming after epoch {resumed['epoch']} from {ckpt_path}", flush=True)
+            if trial is not None:
+                trial.backfill({row["epoch"]: row.get("val_acc", row["train_acc"]) for row in resumed["history"]})
         elif cfg.mlflow.log_datasets:
             log_datasets(cfg, tracker, (train_loader, val_loader, test_loader))
         print(f"{cfg.model.name}: {report.total:,} parameters | {len(train_loader.images):,} train / "
@@ -82,7 +90,7 @@ def train(cfg, report):
             history.append(row)
             checkpoint.save(ckpt_path, checkpoint.capture(
                 cfg, **learner.parts(), train_loader=train_loader, history=history, run_id=run.run_id,
-                elapsed=time.perf_counter() - started))
+                elapsed=time.perf_counter() - started, trial=trial))
             tracker.log_epoch(row)
             graphs_reported = report_graphs(learner, tracker, graphs_reported)
             elapsed = time.perf_counter() - started
