@@ -6,21 +6,16 @@ Several processes may open one store at the same moment (workers of one sweep, j
 - a fresh sqlite file is created under `<db>.lock` (sweeper/stores.py: first_open), one process at a time;
 - an experiment that two create at once exists once: the loser's create fails on the store's unique name,
   and it reads the winner's;
-- a fresh server database (PostgreSQL) whose tables another process is creating at that moment fails the
-  schema check; the open is retried for OPEN_RETRY_S instead of failing the job.
+- a fresh server database (PostgreSQL) whose tables another process is creating at that moment: the open
+  waits for them (sweeper/stores.py: while_schema_is_made) instead of failing the job.
 mlflow is imported lazily: the dry run and the config checks never pay for it.
 """
 import socket
-import time
 import urllib.parse
 
 from errors import TrackingError
 from sweeper.secrets import mask_url, reveal
-from sweeper.stores import first_open, make_sqlite_folder
-
-# A fresh PostgreSQL store takes MLflow's ~60 alembic migrations: 6-9 s here on a loaded 2-core machine.
-# A process that opens it meanwhile fails its schema check (tables half made), then succeeds once they are.
-OPEN_RETRY_S = 60.0
+from sweeper.stores import first_open, make_sqlite_folder, while_schema_is_made
 
 
 def check_reachable(uri, timeout=3.0):
@@ -50,16 +45,12 @@ def open_experiment(uri, experiment):
     too, its folder included). Safe when several processes do it at once (see the module's docstring)."""
     real = reveal(uri)
     make_sqlite_folder(real)
-    deadline = time.monotonic() + OPEN_RETRY_S
-    while True:
-        try:
-            with first_open(real):  # MlflowClient makes (or migrates) the database's tables as it starts
-                store = client(real)
-                return store, _get_or_create(store, experiment)
-        except Exception as err:  # noqa: BLE001 - only the half-made schema of another process is retried
-            if not _schema_in_the_making(err) or time.monotonic() > deadline:
-                raise
-        time.sleep(1.0)
+
+    def attempt():
+        with first_open(real):  # MlflowClient makes (or migrates) the database's tables as it starts
+            store = client(real)
+            return store, _get_or_create(store, experiment)
+    return while_schema_is_made(attempt)
 
 
 def _get_or_create(store, experiment):
@@ -73,14 +64,6 @@ def _get_or_create(store, experiment):
         if "already exists" not in str(err):
             raise
     return store.get_experiment_by_name(experiment).experiment_id  # another process created it a moment ago
-
-
-def _schema_in_the_making(err):
-    """True for the errors of a server database whose tables another process is creating right now."""
-    text = str(err).lower()
-    return (not isinstance(err, TrackingError)
-            and any(sign in text for sign in ("out-of-date database schema", "duplicate key value", "already exists",
-                                              "does not exist", "undefinedtable", "alembic_version")))
 
 
 def get_run(store, run_id):
