@@ -8,8 +8,15 @@ Several processes may open one store at the same moment (workers of one sweep, j
   and it reads the winner's;
 - a fresh server database (PostgreSQL) whose tables another process is creating at that moment: the open
   waits for them (sweeper/stores.py: while_schema_is_made) instead of failing the job.
+On PostgreSQL, psycopg sends a batch of inserts (SQLAlchemy's executemany) as one pipeline. When one of them
+breaks a unique key because another worker inserted the same row a moment before (a dataset, a metric's latest
+value), psycopg raises that error, which MLflow (or Tracker.log_datasets) handles by writing the row again,
+and also logs a WARNING "error ignored terminating <psycopg.Pipeline ...>: pipeline aborted": the same conflict,
+echoed by the pipeline's clean-up. Those echoes say nothing a user can act on; `quiet_pipeline_echo` drops them
+(and only them) in every process that opens a store here.
 mlflow is imported lazily: the dry run and the config checks never pay for it.
 """
+import logging
 import socket
 import urllib.parse
 
@@ -34,6 +41,21 @@ def check_reachable(uri, timeout=3.0):
                             f"(sqlite:///mlflow.db)") from err
 
 
+class _PipelineEcho(logging.Filter):
+    """Drops psycopg's "error ignored ...: pipeline aborted" lines (see the module's docstring)."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not (message.startswith("error ignored") and message.rstrip().endswith("pipeline aborted"))
+
+
+def quiet_pipeline_echo():
+    """Install the filter on psycopg's logger once per process."""
+    logger = logging.getLogger("psycopg")
+    if not any(isinstance(f, _PipelineEcho) for f in logger.filters):
+        logger.addFilter(_PipelineEcho())
+
+
 def client(uri):
     """An MlflowClient on `uri` (a masked sweep URL is revealed here)."""
     from mlflow import MlflowClient
@@ -45,6 +67,7 @@ def open_experiment(uri, experiment):
     too, its folder included). Safe when several processes do it at once (see the module's docstring)."""
     real = reveal(uri)
     make_sqlite_folder(real)
+    quiet_pipeline_echo()
 
     def attempt():
         with first_open(real):  # MlflowClient makes (or migrates) the database's tables as it starts
