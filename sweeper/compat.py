@@ -11,6 +11,9 @@
   `optuna.storages._rdb.storage._create_scoped_session` (Optuna, private module): which RUNNING trials have
   no heartbeat row at all. `fail_stale_trials` skips them (it compares heartbeat rows only), so a worker
   killed between creating its trial and its first heartbeat would leave a trial that is never failed.
+- the same two, and `StudyUserAttributeModel`: `swap_study_user_attr`, a compare-and-set of a study user attr
+  that the database makes atomic (its unique key on study and attr; an UPDATE ... WHERE value = expected).
+  `Study.set_user_attr` is an upsert, so two workers that each read "absent" and write both "win".
 
 Everything else is public API: `Trial.suggest_float` / `suggest_int` / `suggest_categorical` with a
 distribution's own fields (sweeper/space.py: suggest) instead of `Trial._suggest`;
@@ -29,7 +32,8 @@ import copy
 import optuna
 from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
-__all__ = ["LAUNCHER_LOGGERS", "StudyView", "distribution_from_override", "running_without_heartbeat"]
+__all__ = ["LAUNCHER_LOGGERS", "StudyView", "distribution_from_override", "running_without_heartbeat",
+           "swap_study_user_attr"]
 
 LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core",
                     "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
@@ -69,3 +73,30 @@ def running_without_heartbeat(storage, study_id):
                         models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
                 .all())
     return {row[0] for row in rows}
+
+
+def swap_study_user_attr(storage, study_id, key, expected, value):
+    """Set study user attr `key` to `value` only if it holds `expected` now (None: it is absent), atomically
+    for every process on an RDBStorage; returns what the attr holds afterwards (`value` when this call won)."""
+    import json
+
+    import sqlalchemy.exc
+    if not isinstance(storage, optuna.storages.RDBStorage):  # in memory: this process is the only writer
+        if storage.get_study_user_attrs(study_id).get(key) == expected:
+            storage.set_study_user_attr(study_id, key, value)
+        return storage.get_study_user_attrs(study_id).get(key)
+    from optuna.storages._rdb import models
+    session = storage.scoped_session()
+    try:
+        if expected is None:  # a second insert of (study, key) breaks the table's unique key: this call lost
+            session.add(models.StudyUserAttributeModel(study_id=study_id, key=key, value_json=json.dumps(value)))
+        else:
+            (session.query(models.StudyUserAttributeModel)
+             .filter_by(study_id=study_id, key=key, value_json=json.dumps(expected))
+             .update({"value_json": json.dumps(value)}, synchronize_session=False))
+        session.commit()
+    except sqlalchemy.exc.IntegrityError:
+        session.rollback()
+    finally:
+        session.close()
+    return storage.get_study_user_attrs(study_id).get(key)

@@ -209,6 +209,8 @@ class ConstrainedSweep:
         with self.interrupts_at_waits():
             while True:
                 self.store.fail_dead_trials(study)  # a dead worker's trials: heartbeat stale, or never had one
+                if self.tracking is not None:  # ... and their MLflow runs, which their dead worker left RUNNING
+                    self.tracking.close_interrupted(study, self.parent)
                 started = self.start_trials(study)
                 results = runner.collect(started, timeout=poll, wait=self.wait)
                 self.record_all(study, results)

@@ -9,8 +9,10 @@ import os
 import optuna
 from optuna.trial import TrialState
 
-from sweeper import secrets
-from sweeper.stores import first_open, make_sqlite_folder
+from sweeper import compat, mlflow_store, secrets
+from sweeper.stores import open_storage
+
+PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attr naming its MLflow parent run
 
 log = logging.getLogger(__name__)
 
@@ -24,48 +26,61 @@ class Tracking:
         self.experiment = settings.get("experiment") or "Default"
         self.register_as = settings.get("register_best")  # a Model Registry name for the best trial's model
         self.client = None
+        self.closed = set()  # numbers of failed trials whose runs close_interrupted has looked at
 
     @property
     def enabled(self):
         return bool(self.uri)
 
     def open(self):
-        """Create the store (once, under the sqlite lock) and the experiment; fail in seconds if unreachable."""
+        """Create the store (once, under the sqlite lock) and the experiment (sweeper/mlflow_store.py)."""
         if not self.enabled:
             return None
-        from mlflow import MlflowClient
-        real = secrets.reveal(self.uri)
-        make_sqlite_folder(real)
-        with first_open(real):
-            self.client = MlflowClient(real)
-            found = self.client.get_experiment_by_name(self.experiment)
-            try:
-                return found.experiment_id if found else self.client.create_experiment(self.experiment)
-            except Exception as err:  # another worker created it a moment ago
-                if "already exists" in str(err):
-                    return self.client.get_experiment_by_name(self.experiment).experiment_id
-                raise
+        self.client, experiment_id = mlflow_store.open_experiment(self.uri, self.experiment)
+        return experiment_id
 
     def parent_run(self, study, storage):
-        """The study's one parent run: created by the first worker, reused by re-runs and other workers."""
+        """The study's one parent run: created by the first worker, reused by re-runs and other workers.
+
+        Race-free: workers started in the same second on a fresh study each create a candidate run, and the
+        study's user attr `mlflow_parent_run_id` takes the first through a compare-and-set that the study's
+        database makes atomic (sweeper/compat.py: swap_study_user_attr, on the attr table's unique key). Every
+        other candidate is deleted at once and its worker uses the winner. (Set with `Study.set_user_attr`, an
+        upsert, a worker that read "absent" before another wrote could overwrite it: each kept its own parent,
+        and one killed before its end left a second parent RUNNING.) A stored parent that this store lacks
+        (deleted, another tracking URI) is replaced by the same compare-and-set, expecting the stale id."""
         if not self.enabled:
             return None
         experiment_id = self.open()
-        run_id = study.user_attrs.get("mlflow_parent_run_id")
-        if run_id:
-            if self._is_active(run_id):
-                self.client.update_run(run_id, status="RUNNING")
-                return run_id
-            log.warning(f"The study's MLflow parent run {run_id} is not in {secrets.mask_url(self.uri)} (deleted, or "
-                        f"the study was begun with another tracking URI): this sweep's runs go under a new parent run.")
-        run = self.client.create_run(experiment_id, run_name=f"sweep-{study.study_name}",
-                                     tags={"sweep": "parent", "study_name": study.study_name})
-        study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-        # Two workers starting together may both create one; the study keeps the last, and both use it.
-        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs["mlflow_parent_run_id"]
-        if stored != run.info.run_id:
-            self.client.delete_run(run.info.run_id)
-        return stored
+        attrs, study_id = self._study_attrs(study, storage)
+        stored = attrs.get_study_user_attrs(study_id).get(PARENT_ATTR)
+        for _ in range(5):  # each pass either returns or sees another worker's newer write
+            if stored and mlflow_store.is_active(self.client, stored):
+                self.client.update_run(stored, status="RUNNING")
+                return stored
+            if stored:
+                log.warning(f"The study's MLflow parent run {stored} is not in {secrets.mask_url(self.uri)} (deleted, "
+                            f"or the study was begun with another tracking URI): this sweep's runs go under a new "
+                            f"parent run.")
+            mine = self.client.create_run(experiment_id, run_name=f"sweep-{study.study_name}",
+                                          tags={"sweep": "parent", "study_name": study.study_name}).info.run_id
+            won = compat.swap_study_user_attr(attrs, study_id, PARENT_ATTR, stored, mine)
+            if won == mine:
+                return mine
+            self.client.delete_run(mine)  # another worker's candidate was set first
+            log.info(f"Another worker created the study's MLflow parent run {won} a moment before: using it")
+            stored = won
+        raise RuntimeError(f"the study's user attr {PARENT_ATTR} kept changing: {stored}")
+
+    @staticmethod
+    def _study_attrs(study, storage):
+        """(storage object, study id) for reading and swapping the study's user attrs; `storage` is the sweep's
+        storage object or a URL."""
+        if isinstance(storage, str):
+            storage = open_storage(secrets.reveal(storage))
+        elif storage is None:  # no storage object at hand: the study's public attrs (one process, no race)
+            return _StudyAttrs(study), None
+        return storage, storage.get_study_id_from_name(study.study_name)
 
     def register_best(self, parent, trial_number):
         """Register the best trial's logged model (its run's `model_uri` tag) under `register_best`; returns
@@ -95,31 +110,22 @@ class Tracking:
         return f"Browse it: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
 
     def settle(self, study, storage, run_id):
-        """The study's one parent run, once this worker's trials have ended. Two workers starting at the same
-        moment can each keep the parent they created (the study keeps the one written last, and a worker that
-        read it before the other wrote keeps its own): the one whose parent the study does not keep moves its
-        children under the study's parent and deletes its own. Returns the parent run to summarise on."""
+        """The study's one parent run, once this worker's trials have ended. parent_run makes two parents
+        impossible among workers of this version; a study whose attr was overwritten anyway (an older worker,
+        a hand edit) is still reconciled: the worker whose parent the study does not keep moves its children
+        under the study's parent and deletes its own. Returns the parent run to summarise on."""
         if not self.enabled or not run_id:
             return run_id
-        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs.get("mlflow_parent_run_id")
-        if not stored or stored == run_id or not self._is_active(stored):
+        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs.get(PARENT_ATTR)
+        if not stored or stored == run_id or not mlflow_store.is_active(self.client, stored):
             return run_id
-        experiment_id = self.client.get_run(run_id).info.experiment_id
-        children = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
-                                           max_results=10_000)
-        for child in children:
+        moved = mlflow_store.children(self.client, run_id)
+        for child in moved:
             self.client.set_tag(child.info.run_id, "mlflow.parentRunId", stored)
         self.client.delete_run(run_id)
-        log.info(f"Another worker's parent run {stored} is the study's: moved this worker's {len(children)} trial "
+        log.info(f"Another worker's parent run {stored} is the study's: moved this worker's {len(moved)} trial "
                  f"runs under it and deleted {run_id}")
         return stored
-
-    def _is_active(self, run_id):
-        from mlflow.exceptions import MlflowException
-        try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
-        except MlflowException:
-            return False
 
     def finish(self, run_id, status="FINISHED"):
         if self.enabled and run_id and self.client is not None:
@@ -129,17 +135,52 @@ class Tracking:
                 log.warning(f"could not mark the MLflow parent run {status}: {err}")
 
     def close_interrupted(self, study, parent):
-        """Child runs that a killed sweep left RUNNING, whose trials are now FAIL (no heartbeat), end as KILLED."""
-        if not self.enabled:
+        """End the trial runs that their own process can no longer end. A trial that the study has failed while
+        its run is still RUNNING lost its process: a worker SIGKILLed (the reaper, StudyStore.fail_dead_trials,
+        failed it once its heartbeat was grace_period old), a Ctrl-C (user attr `interrupted`), or a pool's
+        trial process that died (user attr `fail_reason`). Its run ends KILLED (FAILED for a crash) with tag
+        trial_state=FAIL and the reason as tag `error`. The sweep's loop calls this right after each reaping, so
+        whichever worker reaps the trial closes its run; the summary calls it once more. Each failed trial is
+        looked up once per process; a store that refuses is one warning line, never the sweep's end."""
+        if not self.enabled or not parent:
             return
-        failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                  if t.user_attrs.get("launched") and "fail_reason" not in t.user_attrs}
+        failed = {str(t.number): t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if t.user_attrs.get("launched") and str(t.number) not in self.closed}
         if not failed:
             return
-        experiment_id = self.client.get_run(parent).info.experiment_id
-        for run in self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' "
-                                                            f"and attributes.status = 'RUNNING'", max_results=10_000):
-            if run.data.tags.get("trial_number") in failed:
-                self.client.set_tag(run.info.run_id, "trial_state", "FAIL")
-                self.client.set_tag(run.info.run_id, "error", "interrupted: its sweep was killed during this trial")
-                self.client.set_terminated(run.info.run_id, status="KILLED")
+        try:
+            for run in mlflow_store.children(self.client, parent, running_only=True):
+                trial = failed.get(run.data.tags.get("trial_number"))
+                if trial is None:
+                    continue
+                status, reason = dead_run_reason(trial)
+                mlflow_store.end_run(self.client, run.info.run_id, status, {"trial_state": "FAIL", "error": reason})
+                log.info(f"  trial #{trial.number}: its MLflow run ended {status} ({reason})")
+        except Exception as err:  # noqa: BLE001 - tried again at the next reaping and at the summary
+            log.warning(f"could not end the MLflow runs of failed trials {sorted(failed, key=int)}: "
+                        f"{type(err).__name__}: {secrets.mask_url(str(err)).splitlines()[0] if str(err) else ''}")
+            return
+        self.closed |= set(failed)
+
+
+class _StudyAttrs:
+    """A study's user attrs through the two storage methods swap_study_user_attr calls."""
+
+    def __init__(self, study):
+        self.study = study
+
+    def get_study_user_attrs(self, study_id):
+        return self.study.user_attrs
+
+    def set_study_user_attr(self, study_id, key, value):
+        self.study.set_user_attr(key, value)
+
+
+def dead_run_reason(trial):
+    """(status, reason) for the MLflow run of a FAIL trial whose process could not end it."""
+    if "fail_reason" in trial.user_attrs:
+        return "FAILED", str(trial.user_attrs["fail_reason"])
+    if trial.user_attrs.get("interrupted"):
+        return "KILLED", "interrupted: its sweep was stopped (Ctrl-C) during this trial"
+    return "KILLED", ("interrupted: its worker stopped (killed?) during this trial; the study failed it once its "
+                      "heartbeat was grace_period seconds old")

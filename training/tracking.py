@@ -8,16 +8,15 @@ dry run and the config checks never pay for it.
 """
 import json
 import os
-import socket
 import time
-import urllib.parse
 import warnings
 
 from omegaconf import OmegaConf
 
 from errors import TrackingError
+from sweeper import mlflow_store
+from sweeper.mlflow_store import check_reachable  # noqa: F401 - importable from here as before
 from sweeper.secrets import mask_url, reveal
-from sweeper.stores import first_open, make_sqlite_folder
 
 RECORDS_FILE = "metrics.jsonl"
 
@@ -84,46 +83,24 @@ def _masked(value):
     return mask_url(value)
 
 
-def check_reachable(uri, timeout=3.0):
-    """Fail in seconds, not after MLflow's minutes of retries, when a server is not there."""
-    parsed = urllib.parse.urlparse(reveal(uri))
-    uri = mask_url(uri)
-    if parsed.scheme not in ("http", "https"):
-        return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-    except OSError as err:
-        raise TrackingError(f"MLflow tracking server {uri} cannot be reached ({err}). Start it "
-                            f"(mlflow server --host {parsed.hostname} --port {port}) or set "
-                            f"mlflow.tracking_uri to a reachable server or a local store "
-                            f"(sqlite:///mlflow.db)") from err
-
-
 def open_store(uri, experiment):
     """Point MLflow at `uri` (a sweep's masked URL is revealed here), create its database if it is new,
-    and return the experiment id. Several processes may open one fresh sqlite store at once: each first
-    open holds `<db>.lock` (sweeper/stores.py), so only one of them creates the tables."""
+    and return the experiment id. Several processes may open one fresh store at once: sweeper/mlflow_store.py
+    (the one way every process of the project opens a store) makes that safe."""
     check_reachable(uri)
-    real = reveal(uri)
-    make_sqlite_folder(real)
     import mlflow
-    mlflow.set_tracking_uri(real)
     try:
-        with first_open(real):
-            found = mlflow.get_experiment_by_name(experiment)
-            return found.experiment_id if found else mlflow.create_experiment(experiment)
+        _, experiment_id = mlflow_store.open_experiment(uri, experiment)
     except Exception as err:
-        if "already exists" in str(err):  # another worker created it a moment ago
-            return mlflow.get_experiment_by_name(experiment).experiment_id
         raise TrackingError(f"cannot open MLflow store {mask_url(uri)}: {mask_url(str(err))}") from err
+    mlflow.set_tracking_uri(reveal(uri))
+    return experiment_id
 
 
 def run_metrics(uri, run_id):
     """The final metrics of a finished run in `uri` (KeyError-free: raises TrackingError)."""
-    from mlflow.tracking import MlflowClient
     try:
-        return dict(MlflowClient(reveal(uri)).get_run(run_id).data.metrics)
+        return dict(mlflow_store.client(uri).get_run(run_id).data.metrics)
     except Exception as err:
         raise TrackingError(f"no MLflow run '{run_id}' in {mask_url(uri)} ({type(err).__name__})") from None
 
@@ -148,10 +125,8 @@ class Tracker:
         return self.experiment_id
 
     def has_run(self, run_id):
-        import mlflow
         try:
-            mlflow.MlflowClient(reveal(self.uri)).get_run(run_id)
-            return True
+            return mlflow_store.get_run(mlflow_store.client(self.uri), run_id) is not None
         except Exception:  # noqa: BLE001 - any answer but a run means "not in this store"
             return False
 
