@@ -114,7 +114,7 @@ def test_a_sigkilled_workers_trial_run_is_ended_by_the_worker_that_reaps_it(data
     reaper = launch(sweep_args(data, tracking, storage, "reap", 2, tmp_path / "reaper", epochs=2) + fast, tmp_path)
     os.killpg(victim.pid, signal.SIGKILL)  # the worker and its in-process trial die at once
     killed_output = victim.communicate()[0]
-    [number] = [int(n) for n in re.findall(r"SWEEPER_TRIAL='(\d+)'", killed_output)][-1:]
+    [number] = [int(n) for n in re.findall(r"\ttrial #(\d+): ", killed_output)][-1:]
     output = reaper.communicate(timeout=300)[0]
     assert reaper.returncode == 0, output[-3000:]
 
