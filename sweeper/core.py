@@ -94,7 +94,8 @@ class ConstrainedSweep:
         settings_mod.check_heartbeats(self.conf)
         settings_mod.check_counts(self.conf)
         arguments = setup.hide_secrets(self.config, self.conf, arguments)
-        self.space, self.fixed = space_mod.parse(self.conf.params, arguments)
+        setup.requires(self.conf, self.config)
+        self.space, self.fixed = space_mod.parse(self.conf.params, arguments, self.conf.when)
         self.extender = self.build_extender()
         if not self.space and self.extender is None:
             raise UsageError("hydra.sweeper.params: the search space is empty: give hydra.sweeper.params (a search "

@@ -29,8 +29,7 @@ def preview(conf, directions, sampler, proposer_on):
         params = " ".join(proposal.overrides[:len(proposal.trial.params)])
         measured = " ".join(f"{k}={v}" for k, v in proposal.measured.items())
         print(" ".join(part for part in (f"#{proposal.number}", params, measured, proposal.note) if part), flush=True)
-    if counts["invalid"] or counts["repeat"]:
-        print(f"invalid={counts['invalid']} repeats={counts['repeat']}", flush=True)
+    print(f"invalid={counts['invalid']} repeats={counts['repeat']}", flush=True)
     print(f"proposals={proposals} feasible={counts['feasible']} over_budget={counts['over_budget']}", flush=True)
 
 

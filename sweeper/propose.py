@@ -79,8 +79,7 @@ class Proposer:
         trial = study.ask()
         trial_id = self.store.storage.get_trial_id_from_study_id_trial_number(self.store.study_id, trial.number)
         self.store.heartbeats.hold(trial_id, trial.number)
-        for name, distribution in self.space.items():
-            space_mod.suggest(trial, name, distribution)
+        space_mod.draw(trial, self.space)  # only the keys whose conditions hold (hydra.sweeper.when)
         if self.extender is not None:
             self.extender(self.config, trial)
         params = dict(trial.params)

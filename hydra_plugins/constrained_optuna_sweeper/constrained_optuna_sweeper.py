@@ -35,6 +35,10 @@ class ConstrainedOptunaSweeperConf(OptunaSweeperConf):
     heartbeat_interval: int = 10        # seconds between heartbeats of every trial this worker holds
     grace_period: int = 60              # a trial silent this long is taken as dead and proposed again (> heartbeat_interval)
     objective_names: Any = None         # names for the summary and plots, e.g. [val_acc, num_params]
+    # {search-key glob: condition on keys drawn before}: the key is drawn only when it holds (sweeper/conditions.py)
+    when: dict[str, str] = field(default_factory=dict)
+    # {config group: option} the search needs (e.g. {model: family}); any other choice: `error: ...`, exit 2
+    requires: dict[str, str] = field(default_factory=dict)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="constrained_optuna", node=ConstrainedOptunaSweeperConf,
