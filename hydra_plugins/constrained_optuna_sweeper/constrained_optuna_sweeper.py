@@ -39,6 +39,9 @@ class ConstrainedOptunaSweeperConf(OptunaSweeperConf):
     when: dict[str, str] = field(default_factory=dict)
     # {config group: option} the search needs (e.g. {model: family}); any other choice: `error: ...`, exit 2
     requires: dict[str, str] = field(default_factory=dict)
+    # globs of job-config keys that change nothing built or trained (mlflow.*, dry_run): two proposals whose
+    # configs differ only there are one configuration, the second a repeat (sweeper/reduce.py)
+    ignored_keys: list[str] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="constrained_optuna", node=ConstrainedOptunaSweeperConf,
