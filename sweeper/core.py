@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from errors import SweepError, UsageError
 from sweeper import job as job_api
 from sweeper import report, runners, secrets, settings as settings_mod, setup, space as space_mod
+from sweeper import starts
 from sweeper.compose import JobConfigs
 from sweeper.constraints import Constraints
 from sweeper.pool import DevicePool, device_ids
@@ -97,6 +98,7 @@ class ConstrainedSweep:
         setup.requires(self.conf, self.config)
         self.space, self.fixed = space_mod.parse(self.conf.params, arguments, self.conf.when)
         self.extender = self.build_extender()
+        self.starts = starts.check(self.conf, self.space)  # baselines and warm start: checked before any trial
         if not self.space and self.extender is None:
             raise UsageError("hydra.sweeper.params: the search space is empty: give hydra.sweeper.params (a search "
                              "preset) or sweep overrides such as model.dropout='interval(0,0.3)'")
@@ -173,6 +175,7 @@ class ConstrainedSweep:
         verbose = bool(OmegaConf.select(self.config, "hydra.verbose", default=False))
         self.store, study = StudyStore.open(self.conf, sampler, self.directions, verbose=verbose)
         self.proposer = Proposer.for_sweep(self, self.store)
+        starts.prepare(study, getattr(self, "starts", None), self.space)
         return study
 
     # --- set-up (sweeper/setup.py); these four are the sweep's own so that tests can call them on it ----------

@@ -26,6 +26,7 @@ ENV_TRIAL = "SWEEPER_TRIAL"            # the trial's number
 ENV_TRIAL_ID = "SWEEPER_TRIAL_ID"
 ENV_PARENT_RUN = "SWEEPER_PARENT_RUN_ID"
 ENV_DIRECTIONS = "SWEEPER_DIRECTIONS"  # e.g. "maximize" or "maximize,minimize"
+ENV_TAGS = "SWEEPER_TRIAL_TAGS"        # the trial's tags, comma-separated (baseline): each a run tag "true"
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold", "wilcoxon")
 
 # In-memory storages of this process's sweeps, by study name: a job in the sweeper's process reports to them.
@@ -69,6 +70,7 @@ class SweepTrial:
         self.study_name = os.environ.get(ENV_STUDY, "")
         self.parent_run_id = os.environ.get(ENV_PARENT_RUN) or None
         self.directions = [d for d in os.environ.get(ENV_DIRECTIONS, "maximize").split(",") if d]
+        self.tags = {tag: "true" for tag in os.environ.get(ENV_TAGS, "").split(",") if tag}
         self._trial, self._reporting = None, len(self.directions) == 1  # Optuna prunes one objective only
 
     def __repr__(self):

@@ -3,7 +3,7 @@ import os
 
 import optuna
 
-from sweeper import secrets
+from sweeper import secrets, starts
 from sweeper.stores import sqlite_path
 from sweeper.study import StudyStore
 
@@ -18,6 +18,7 @@ def preview(conf, directions, sampler, proposer_on):
         study.add_trials(existing)
         print(f"preview against the {len(existing)} finished trials of study {conf.study_name}", flush=True)
     proposer = proposer_on(store)
+    starts.prepare(study, proposer.starts, proposer.space, say=lambda line: print(line, flush=True))
     counts, proposals = proposer.counts, 0
     while proposals < proposer.n_trials:
         proposal = proposer.propose_once(study)
@@ -28,7 +29,8 @@ def preview(conf, directions, sampler, proposer_on):
         counts[proposal.kind] += 1
         params = " ".join(proposal.overrides[:len(proposal.trial.params)])
         measured = " ".join(f"{k}={v}" for k, v in proposal.measured.items())
-        print(" ".join(part for part in (f"#{proposal.number}", params, measured, proposal.note) if part), flush=True)
+        tags = " ".join(f"[{tag}]" for tag in proposal.tags)
+        print(" ".join(part for part in (f"#{proposal.number}", tags, params, measured, proposal.note) if part), flush=True)
     print(f"invalid={counts['invalid']} repeats={counts['repeat']}", flush=True)
     print(f"proposals={proposals} feasible={counts['feasible']} over_budget={counts['over_budget']}", flush=True)
 

@@ -29,6 +29,7 @@ class Proposal:
     measured: dict = field(default_factory=dict)
     note: str = ""
     digest: str = ""  # what it builds and trains (sweeper/reduce.py)
+    tags: tuple = ()  # ("baseline",): passed to the job (sweeper/job.py ENV_TAGS), its MLflow run's tags
 
     @property
     def number(self):
@@ -46,11 +47,12 @@ class Proposer:
     to every constraint. A refused proposal is told FAIL with a user attr saying why; `counts` keeps the tally."""
 
     def __init__(self, store, space, fixed, extender, config, job_configs, constraints, grid, rng, n_trials,
-                 max_proposals, ignored=()):
+                 max_proposals, ignored=(), starts=None):
         self.store, self.space, self.fixed, self.extender, self.config = store, space, fixed, extender, config
         self.job_configs, self.constraints, self.grid, self.rng = job_configs, constraints, grid, rng
         self.n_trials, self.max_proposals = n_trials, max_proposals
         self.ignored = [str(glob) for glob in (ignored or ())]  # hydra.sweeper.ignored_keys (sweeper/reduce.py)
+        self.starts = starts  # baselines and warm start (sweeper/starts.py), applied once the study is open
         self.counts = {"feasible": 0, "over_budget": 0, "invalid": 0, "repeat": 0}
         self.waiting_for_others = False  # a finite space's last configurations are other workers' running trials
 
@@ -60,7 +62,7 @@ class Proposer:
         seed = (sampler_spec(sweep.conf) or {}).get("seed")
         return cls(store, sweep.space, sweep.fixed, sweep.extender, sweep.config, sweep.job_configs, sweep.constraints,
                    sweep.grid, random.Random(seed), sweep.n_trials, sweep.conf.max_proposals_per_trial,
-                   getattr(sweep.conf, "ignored_keys", None))
+                   getattr(sweep.conf, "ignored_keys", None), getattr(sweep, "starts", None))
 
     def propose_once(self, study):
         """Ask one trial and judge it. Returns a Proposal (kind feasible, over_budget, invalid or repeat; only a
@@ -86,7 +88,8 @@ class Proposer:
         if self.extender is not None:
             self.extender(self.config, trial)
         params = dict(trial.params)
-        proposal = Proposal(trial, trial_id, space_mod.as_overrides(params) + self.fixed)
+        proposal = Proposal(trial, trial_id, space_mod.as_overrides(params) + self.fixed,
+                            tags=("baseline",) if trial.user_attrs.get("baseline") else ())
         key = space_mod.params_key(params)
         cfg, error = self.compose(proposal)
         digest = proposal.digest = "" if cfg is None else reduce_mod.digest(cfg, self.ignored)

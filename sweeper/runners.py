@@ -30,6 +30,8 @@ def share_identity(study_name, storage_url, parent, directions):
 def identity(proposal, device=None):
     """Per-job environment (hydra.job.env_set, applied around the task function by every launcher)."""
     env = {job_api.ENV_TRIAL: proposal.number, job_api.ENV_TRIAL_ID: proposal.trial_id}
+    if getattr(proposal, "tags", None):
+        env[job_api.ENV_TAGS] = ",".join(proposal.tags)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     quote = lambda v: "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 def trained_trials(trials):
     """Launched trials that ended: COMPLETE, PRUNED, or FAIL with the job's reason (crashed, diverged, no number)."""
-    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)]
+    return [t for t in trials if (t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))
+            and "warm_start_from" not in t.user_attrs]  # copied from another study (sweeper/starts.py)
 
 
 def tell(study, number, **kwargs):

@@ -4,7 +4,7 @@ Everything heavy (optuna, mlflow, the sweep loop in sweeper/core.py) is imported
 sweep actually starts: Hydra imports this module at every start of every app that has it installed.
 """
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
@@ -42,6 +42,10 @@ class ConstrainedOptunaSweeperConf(OptunaSweeperConf):
     # globs of job-config keys that change nothing built or trained (mlflow.*, dry_run): two proposals whose
     # configs differ only there are one configuration, the second a repeat (sweeper/reduce.py)
     ignored_keys: list[str] = field(default_factory=list)
+    # [{search key: value, ...}, ...]: configurations that run first, each tagged `baseline` (sweeper/starts.py)
+    enqueue: list[Any] = field(default_factory=list)
+    # <study> (same storage) | <storage URL>#<study>: its finished trials are copied in before the first proposal
+    warm_start: Optional[str] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="constrained_optuna", node=ConstrainedOptunaSweeperConf,
