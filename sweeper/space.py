@@ -118,12 +118,25 @@ def size(space):
         return None
     if not conditions_of(space):
         return math.prod(len(c) for c in counts)
-    count = 0
-    for _ in cells(space):
-        count += 1
-        if count > MAX_ENUMERATED_CELLS:
-            return None
-    return count
+    # A conditional space: conditions read only some keys (the deciding ones), so walk their values alone and
+    # multiply in the others' counts (search=family: 4 branches, not 100,000+ cells, which took 10 s).
+    when, names = conditions_of(space), list(space)
+    deciding = {key for conditions in when.values() for condition in conditions for key in condition.keys}
+
+    def count(at, drawn):
+        if at == len(names):
+            return 1
+        name = names[at]
+        if not conditions_mod.active(when, name, drawn):
+            return count(at + 1, drawn)
+        values = choices(space[name])
+        if name not in deciding:
+            return len(values) * count(at + 1, drawn)
+        total = 0
+        for value in values:
+            total += count(at + 1, {**drawn, name: value})
+        return total
+    return count(0, {})
 
 
 def cells(space):
@@ -159,17 +172,33 @@ def fits(name, distribution, value):
     return distribution.low <= value <= distribution.high
 
 
+def _allowed(space, name):
+    """The params_key of each of a discrete key's values (None if continuous), kept on the space: the proposer
+    asks for every trial of the study at every proposal (2,000 proposals of search=family: 10 minutes without)."""
+    memo = getattr(space, "_allowed", None)
+    if memo is None:
+        memo = {}
+        try:
+            space._allowed = memo
+        except AttributeError:  # a plain dict: computed each time
+            pass
+    if name not in memo:
+        values = choices(space[name])
+        memo[name] = None if values is None else {params_key({name: v}) for v in values}
+    return memo[name]
+
+
 def in_space(space, params):
     """Do these params name exactly the keys the space draws for them (its conditions applied, in order), each
     value one of its choices (if discrete)?"""
     when, drawn = conditions_of(space), {}
-    for name, dist in space.items():
+    for name in space:
         if not conditions_mod.active(when, name, drawn):
             continue
         if name not in params:
             return False
-        values = choices(dist)
-        if values is not None and params_key({name: params[name]}) not in {params_key({name: v}) for v in values}:
+        allowed = _allowed(space, name)
+        if allowed is not None and params_key({name: params[name]}) not in allowed:
             return False
         drawn[name] = params[name]
     return set(params) == set(drawn)

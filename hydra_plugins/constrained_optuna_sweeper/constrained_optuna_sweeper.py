@@ -29,8 +29,9 @@ class ConstrainedOptunaSweeperConf(OptunaSweeperConf):
     # null: batches of n_jobs through hydra/launcher; auto | [0, 1, ...]: a pool of devices x trials_per_device
     devices: Any = None
     trials_per_device: int = 1
-    # propose n_trials configurations, print them, train and write nothing
-    preview: bool = False
+    # true: propose n_trials configurations, print them, train and write nothing; stats: print only the share
+    # within budget and quartiles of what fits (sweeper/preview.py)
+    preview: Any = False
     max_proposals_per_trial: int = 50   # over budget / invalid / repeats in a row before the sweep gives up
     heartbeat_interval: int = 10        # seconds between heartbeats of every trial this worker holds
     grace_period: int = 60              # a trial silent this long is taken as dead and proposed again (> heartbeat_interval)
