@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from errors import SweepError, UsageError
 from sweeper import job as job_api
 from sweeper import display, report, runners, secrets, settings as settings_mod, setup, signals, space as space_mod
+from sweeper import starts
 from sweeper.compose import JobConfigs
 from sweeper.confirm import Confirmation
 from sweeper.constraints import Constraints
@@ -98,8 +99,10 @@ class ConstrainedSweep:
     def _sweep(self, arguments):
         settings_mod.check_all(self.conf)
         arguments = setup.hide_secrets(self.config, self.conf, arguments)
-        self.space, self.fixed = space_mod.parse(self.conf.params, arguments)
+        setup.requires(self.conf, self.config)
+        self.space, self.fixed = space_mod.parse(self.conf.params, arguments, self.conf.when)
         self.extender = self.build_extender()
+        self.starts = starts.check(self.conf, self.space)  # baselines and warm start: checked before any trial
         if not self.space and self.extender is None:
             raise UsageError("hydra.sweeper.params: the search space is empty: give hydra.sweeper.params (a search "
                              "preset) or sweep overrides such as model.dropout='interval(0,0.3)'")
@@ -179,6 +182,7 @@ class ConstrainedSweep:
         verbose = bool(OmegaConf.select(self.config, "hydra.verbose", default=False))
         self.store, study = StudyStore.open(self.conf, sampler, self.directions, verbose=verbose)
         self.proposer = Proposer.for_sweep(self, self.store)
+        starts.prepare(study, getattr(self, "starts", None), self.space)
         self.resumer = Resumer(self.store)
         return study
 

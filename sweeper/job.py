@@ -28,6 +28,7 @@ ENV_PARENT_RUN = "SWEEPER_PARENT_RUN_ID"
 ENV_DIRECTIONS = "SWEEPER_DIRECTIONS"  # e.g. "maximize" or "maximize,minimize"
 ENV_REPORT = "SWEEPER_REPORT"          # "0": the job does not report to the pruner (a confirmation run, never pruned)
 ENV_RESUME = "SWEEPER_RESUME_FROM"     # an interrupted trial's checkpoint file, which this trial goes on from
+ENV_TAGS = "SWEEPER_TRIAL_TAGS"        # the trial's tags, comma-separated (baseline): each a run tag "true"
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold", "wilcoxon")
 
 # In-memory storages of this process's sweeps, by study name: a job in the sweeper's process reports to them.
@@ -73,7 +74,7 @@ class SweepTrial:
         self.directions = [d for d in os.environ.get(ENV_DIRECTIONS, "maximize").split(",") if d]
         # Optuna prunes one objective only; a confirmation run (sweeper/confirm.py) is never pruned.
         self._trial, self._reporting = None, len(self.directions) == 1 and os.environ.get(ENV_REPORT) != "0"
-        self._trial, self._reporting = None, len(self.directions) == 1  # Optuna prunes one objective only
+        self.tags = {tag: "true" for tag in os.environ.get(ENV_TAGS, "").split(",") if tag}
         self.resume_from = os.environ.get(ENV_RESUME) or None  # set for a trial that replaces an interrupted one
         self.key = f"{self.study_name}#{number}"  # what a checkpoint of this trial records (training/checkpoint.py)
 

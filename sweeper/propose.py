@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from errors import SweepError
-from sweeper import secrets, space as space_mod
+from sweeper import reduce as reduce_mod, secrets, space as space_mod
 from sweeper.constraints import INVALID_AMOUNT, Verdict
 from sweeper.sampler import is_placeholder
 from sweeper.settings import sampler_spec
@@ -28,6 +28,8 @@ class Proposal:
     kind: str = "feasible"  # feasible | over_budget | invalid | repeat
     measured: dict = field(default_factory=dict)
     note: str = ""
+    digest: str = ""  # what it builds and trains (sweeper/reduce.py)
+    tags: tuple = ()  # ("baseline",): passed to the job (sweeper/job.py ENV_TAGS), its MLflow run's tags
 
     @property
     def number(self):
@@ -45,10 +47,12 @@ class Proposer:
     to every constraint. A refused proposal is told FAIL with a user attr saying why; `counts` keeps the tally."""
 
     def __init__(self, store, space, fixed, extender, config, job_configs, constraints, grid, rng, n_trials,
-                 max_proposals):
+                 max_proposals, ignored=(), starts=None):
         self.store, self.space, self.fixed, self.extender, self.config = store, space, fixed, extender, config
         self.job_configs, self.constraints, self.grid, self.rng = job_configs, constraints, grid, rng
         self.n_trials, self.max_proposals = n_trials, max_proposals
+        self.ignored = [str(glob) for glob in (ignored or ())]  # hydra.sweeper.ignored_keys (sweeper/reduce.py)
+        self.starts = starts  # baselines and warm start (sweeper/starts.py), applied once the study is open
         self.counts = {"feasible": 0, "over_budget": 0, "invalid": 0, "repeat": 0}
         self.waiting_for_others = False  # a finite space's last configurations are other workers' running trials
 
@@ -57,7 +61,8 @@ class Proposer:
         """A Proposer for `store`'s study from a ConstrainedSweep's search space, constraints and sampler seed."""
         seed = (sampler_spec(sweep.conf) or {}).get("seed")
         return cls(store, sweep.space, sweep.fixed, sweep.extender, sweep.config, sweep.job_configs, sweep.constraints,
-                   sweep.grid, random.Random(seed), sweep.n_trials, sweep.conf.max_proposals_per_trial)
+                   sweep.grid, random.Random(seed), sweep.n_trials, sweep.conf.max_proposals_per_trial,
+                   getattr(sweep.conf, "ignored_keys", None), getattr(sweep, "starts", None))
 
     def propose_once(self, study):
         """Ask one trial and judge it. Returns a Proposal (kind feasible, over_budget, invalid or repeat; only a
@@ -79,28 +84,34 @@ class Proposer:
         trial = self.store.ask(study)
         trial_id = self.store.storage.get_trial_id_from_study_id_trial_number(self.store.study_id, trial.number)
         self.store.heartbeats.hold(trial_id, trial.number)
-        for name, distribution in self.space.items():
-            space_mod.suggest(trial, name, distribution)
+        space_mod.draw(trial, self.space)  # only the keys whose conditions hold (hydra.sweeper.when)
         if self.extender is not None:
             self.extender(self.config, trial)
         params = dict(trial.params)
-        proposal = Proposal(trial, trial_id, space_mod.as_overrides(params) + self.fixed)
+        proposal = Proposal(trial, trial_id, space_mod.as_overrides(params) + self.fixed,
+                            tags=("baseline",) if trial.user_attrs.get("baseline") else ())
         key = space_mod.params_key(params)
-        if key in known:
-            proposal.kind, proposal.note = "repeat", f"repeat of #{known[key]}"
-            self.store.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": known[key]})
+        cfg, error = self.compose(proposal)
+        digest = proposal.digest = "" if cfg is None else reduce_mod.digest(cfg, self.ignored)
+        twin = known.get(("digest", digest)) if digest else None
+        twin = twin if twin is not None else known.get(("params", key))
+        if twin is not None:
+            proposal.kind, proposal.note = "repeat", f"repeat of #{twin}"
+            self.store.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": twin})
         else:
-            self.judge(study, proposal)
+            if digest:  # stored before anything else reads: another worker's twin check sees it (give_way_to_a_twin)
+                self.store.storage.set_trial_system_attr(trial_id, reduce_mod.DIGEST_ATTR, digest)
+            self.judge(study, proposal, cfg, error)
         if proposal.kind == "feasible":
-            self.give_way_to_a_twin(study, proposal, key)
+            self.give_way_to_a_twin(study, proposal, key, digest)
         if key in seen or proposal.kind == "repeat":  # a finite space's sampler may keep coming back: move on
             self.steer_to_unseen(study, seen | {key})
         return proposal
 
-    def give_way_to_a_twin(self, study, proposal, key):
+    def give_way_to_a_twin(self, study, proposal, key, digest=None):
         """`known` was read before the ask: another worker may have proposed the same configuration since
         (with a seeded sampler every worker draws the same sequence). Read again now that this proposal's
-        values are stored; the one that gives way is recorded as a repeat (`repeat_of`, `concurrent`).
+        values and digest are stored; the one that gives way is recorded as a repeat (`repeat_of`, `concurrent`).
 
         It gives way to a twin that trained, or that runs and either has the lower number or is already
         launched. Each worker stores its values before it reads, so of two twins the later reader sees the
@@ -109,7 +120,7 @@ class Proposer:
         if not self.store.shared:
             return  # one process: `known` is up to date
         for t in study.get_trials(deepcopy=False):
-            if t.number == proposal.number or space_mod.params_key(t.params) != key:
+            if t.number == proposal.number or not self.same(t, key, digest):
                 continue
             if trained_trials([t]) or (t.state == TrialState.RUNNING and (
                     t.number < proposal.number or t.user_attrs.get("launched"))):
@@ -117,11 +128,31 @@ class Proposer:
                 self.store.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": t.number, "concurrent": True})
                 return
 
-    def judge(self, study, proposal):
-        """Compose the proposal's job config once, run every constraint on it, record the verdict; a proposal
-        that is over budget or invalid is told FAIL (a placeholder) and never launched."""
+    @staticmethod
+    def same(trial, key, digest):
+        """Is `trial` the configuration with these params and digest? By digest when both have one (what they
+        build and train), by params for a trial judged before digests were stored."""
+        theirs = reduce_mod.of_trial(trial)
+        if theirs and digest:
+            return theirs == digest
+        return space_mod.params_key(trial.params) == key
+
+    def compose(self, proposal):
+        """(the proposal's job config, None) or (None, why it does not compose)."""
         try:
-            verdict = self.constraints(self.job_configs(proposal.overrides))
+            return self.job_configs(proposal.overrides), None
+        except Exception as err:  # noqa: BLE001 - a value Hydra cannot compose: invalid, like any refused config
+            return None, (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+    def judge(self, study, proposal, cfg=None, error=None):
+        """Run every constraint on the proposal's job config (composed once, by `compose`), record the verdict;
+        a proposal that is over budget or invalid is told FAIL (a placeholder) and never launched."""
+        if cfg is None and error is None:
+            cfg, error = self.compose(proposal)
+        try:
+            if error is not None:
+                raise ValueError(error)
+            verdict = self.constraints(cfg)
         except Exception as err:  # noqa: BLE001 - a value Hydra cannot compose: invalid, like any refused config
             verdict = Verdict(amounts={n: INVALID_AMOUNT for n in self.constraints.names},
                               invalid=(str(err).strip().splitlines() or [type(err).__name__])[0])
@@ -158,19 +189,30 @@ class Proposer:
             f"hydra.sweeper.max_proposals_per_trial.")
 
     def known(self, trials):
-        """(params key -> number of a trained or running trial, keys of the search space's configurations
-        already trained, judged infeasible or running here, keys of those running in another worker). An
-        interrupted trial's configuration is not known: it is tried again."""
-        known, seen, elsewhere = {}, set(), set()
+        """(("digest", d) or ("params", key) -> number of a trained or running trial, keys of the search space's
+        configurations already trained, judged infeasible, running here or repeating one of those, keys of
+        those running in another worker). A trial is known by its digest (what it builds and trains,
+        sweeper/reduce.py), or by its params if it was judged before digests. An interrupted trial's
+        configuration is not known: it is tried again."""
+        known, seen, elsewhere, repeats = {}, set(), set(), []
         mine = self.store.heartbeats.numbers()
         for t in trials:
             key = space_mod.params_key(t.params)
             if t.state == TrialState.RUNNING or trained_trials([t]):
-                known.setdefault(key, t.number)
+                digest = reduce_mod.of_trial(t)
+                known.setdefault(("digest", digest) if digest else ("params", key), t.number)
+            elif t.state == TrialState.FAIL and "repeat_of" in t.user_attrs:
+                repeats.append((t.user_attrs["repeat_of"], key, t.params))
+                continue
             elif not is_placeholder(t):
                 continue
             if space_mod.in_space(self.space, t.params):
                 (elsewhere if t.state == TrialState.RUNNING and t.number not in mine else seen).add(key)
+        # Other values that build the same thing (an ignored key, an undrawn layer) are judged too, while the
+        # trial they repeat stands: a finite space is then exhausted instead of proposing them for ever.
+        standing = set(known.values())
+        seen.update(key for number, key, params in repeats
+                    if number in standing and space_mod.in_space(self.space, params))
         return known, seen, elsewhere
 
     def exhausted(self, seen):
@@ -207,4 +249,7 @@ class Proposer:
     def mark_launched(self, proposal):
         self.counts["feasible"] += 1
         # A list, as the launcher gets them: a value may hold spaces (`name=cifar sweep`), so no joined string.
-        set_attrs(proposal.trial, {"launched": True, "overrides": list(proposal.overrides)})
+        attrs = {"launched": True, "overrides": list(proposal.overrides)}
+        if proposal.digest:  # for a person reading the study; workers match the system attr, set before judging
+            attrs[reduce_mod.DIGEST_ATTR] = proposal.digest
+        set_attrs(proposal.trial, attrs)

@@ -32,7 +32,8 @@ def identity(proposal, device=None):
     """Per-job environment (hydra.job.env_set, applied around the task function by every launcher)."""
     # Always set, empty for a new trial: an in-process launcher's next job must not inherit the last one's.
     env = {job_api.ENV_TRIAL: proposal.number, job_api.ENV_TRIAL_ID: proposal.trial_id,
-           job_api.ENV_RESUME: getattr(proposal, "resume_from", "")}
+           job_api.ENV_RESUME: getattr(proposal, "resume_from", ""),
+           job_api.ENV_TAGS: ",".join(getattr(proposal, "tags", None) or ())}
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     quote = lambda v: "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731

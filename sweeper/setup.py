@@ -44,6 +44,20 @@ def hide_secrets(config, conf, arguments):
                 OmegaConf.update(node, path, secrets.mask_url(value), merge=False)
     return [secrets.mask_url(a) for a in arguments]
 
+def requires(conf, config):
+    """hydra.sweeper.requires ({group: option}) against the config's own choices: a search preset made for one
+    config (search=family for model=family) says so in one line instead of failing on its first missing key."""
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    preset = choices.get("hydra/sweeper/search")
+    for group, option in (conf.requires or {}).items():
+        if str(choices.get(group)) != str(option):
+            raise UsageError(
+                f"hydra.sweeper.requires.{group}={option}: "
+                + (f"hydra/sweeper/search={preset} " if preset else "this search ")
+                + f"searches keys of {group}={option}, but the config has {group}={choices.get(group)}: "
+                  f"add {group}={option} to the command line")
+
+
 def extender(conf, whitelist):
     """hydra.sweeper.custom_search_space as a callable(config, trial), or None."""
     if not conf.custom_search_space:

@@ -37,9 +37,11 @@ def deliberate():
 
 def trained_trials(trials):
     """Launched search trials that ended: COMPLETE, PRUNED, or FAIL with the job's reason (crashed, diverged, no
-    number). Confirmation runs (sweeper/confirm.py) are not search trials: n_trials does not count them."""
-    return [t for t in trials if not is_confirmation(t) and (t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))]
+    number). Confirmation runs (sweeper/confirm.py) and trials copied from another study (warm start,
+    sweeper/starts.py) are not search trials of this sweep: n_trials does not count them."""
+    return [t for t in trials if not is_confirmation(t) and "warm_start_from" not in t.user_attrs
+            and (t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                 or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))]
 
 
 def tell(study, number, **kwargs):

@@ -38,17 +38,20 @@ def test_published_counts_do_not_see_num_layers():
     assert param_report(compose_cfg(["model=final"])).total == 4_997_194
 
 
-def test_the_family_search_space_fits_the_budget_for_a_good_share():
-    """Every key of the preset exists in model=family, no proposal is invalid, and most fit 5M (2,000 proposals:
-    65.5%, scripts/search_share.py; 300 here)."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import search_share
-    space = search_share.load_space("family")
-    assert space["model.num_layers"] == ("values", [2, 3, 4, 5])
-    assert space["stem"] == ("values", ["conv3x3", "conv5x5"])
-    assert {f"model.layers.layer{i}.{key}" for i in range(1, 6) for key in ("block", "blocks", "channels", "dropout")} \
-        <= set(space)
-    shares = search_share.main(["family", "model=family", "-n", "300", "--seed", "1"])
-    assert shares["invalid"] == 0 and 0.5 < shares["within"] < 0.85
+def test_the_family_search_space_fits_the_budget_for_a_good_share(tmp_path):
+    """Every key of the preset exists in model=family, no proposal is invalid, and most fit 5M: the preview's
+    stats (hydra.sweeper.preview=stats) over random proposals from the sweep's own proposer (300 here)."""
+    import re
+    from tests.test_sweep_preview import preview
+    result = preview(tmp_path, "hydra/sweeper/search=family", "model=family", "hydra.sweeper.preview=stats",
+                     "hydra.sweeper.n_trials=300", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert not any(line.startswith("#") for line in lines)  # stats only, no line per proposal
+    assert re.match(r"proposals=300 feasible=\d+ over_budget=\d+$", lines[-1]) and lines[-2] == "invalid=0 repeats=0"
+    quartiles = [int(q.replace(",", "")) for q in re.search(
+        r"^params of those within: min [\d,]+, quartiles ([\d,]+) / ([\d,]+) / ([\d,]+), max ([\d,]+)$",
+        result.stdout, re.M).groups()]
+    assert quartiles == sorted(quartiles) and quartiles[-1] <= 5_000_000
+    share = float(re.search(r"^share_within_budget=([\d.]+)$", result.stdout, re.M).group(1))
+    assert 0.5 < share < 0.85

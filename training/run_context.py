@@ -30,7 +30,7 @@ class RunContext:
         self.run_id = self.tracker.start(
             self.count, run_id=resumed["mlflow_run_id"] if resumed else None,
             parent_run_id=trial.parent_run_id if trial else None, trial_number=trial.number if trial else None,
-            system_metrics=self.system_metrics)
+            tags=getattr(trial, "tags", None), system_metrics=self.system_metrics)
         if resumed:
             try:
                 self.tracker.resume(resumed["history"], resumed["epoch"])
