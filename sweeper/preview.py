@@ -4,7 +4,6 @@ import statistics
 
 import optuna
 
-from errors import UsageError
 from sweeper import secrets, starts
 from sweeper.stores import sqlite_path
 from sweeper.study import StudyStore
@@ -15,10 +14,7 @@ def preview(conf, directions, sampler, proposer_on):
     `proposals=N feasible=F over_budget=O`. `proposer_on(store)` gives the sweep's Proposer on a StudyStore.
     With hydra.sweeper.preview=stats the lines are left out and the share within budget and the quartiles of
     each measured amount of the proposals that fit are printed instead (how much of a space fits)."""
-    mode = conf.preview
-    if mode not in (True, False, "stats"):
-        raise UsageError(f"hydra.sweeper.preview={mode}: use true (one line per proposal), stats (the share within "
-                         f"budget and quartiles of what fits) or false")
+    mode = conf.preview  # true, false or stats: checked with every setting (sweeper/settings.py)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store, study = StudyStore.in_memory(conf.study_name, sampler, directions)
     existing = existing_trials(conf.storage, conf.study_name)

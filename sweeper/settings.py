@@ -119,8 +119,9 @@ def check_names(conf):
     rate = conf.max_failure_rate
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
         _fail("max_failure_rate", rate, "must be a number from 0 to 1 (the share of trials that may crash)")
-    if not isinstance(conf.preview, bool):
-        _fail("preview", conf.preview, "must be true or false")
+    if not (isinstance(conf.preview, bool) or conf.preview == "stats"):
+        _fail("preview", conf.preview, "use true (one line per proposal), stats (the share within budget and "
+                                       "quartiles of what fits) or false")
     if conf.custom_search_space is not None and (not isinstance(conf.custom_search_space, str)
                                                  or not conf.custom_search_space.strip()):
         _fail("custom_search_space", conf.custom_search_space, "must be the dotted name of a function, or null")
