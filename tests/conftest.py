@@ -82,8 +82,10 @@ def cifar_root(tmp_path_factory):
 
 
 def small_data_overrides(root, store):
+    """The synthetic data's sizes and an MLflow sqlite store in `store` (copied, ready: see fresh_sqlite_store)."""
+    from tests.faultkit import fresh_sqlite_store
     return [f"data.root={root}", "data.train_images=500", "data.test_images=200", "data.val_size=100",
-            f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db", "trainer.device=cpu", "trainer.log_every=0"]
+            f"mlflow.tracking_uri={fresh_sqlite_store(store)}", "trainer.device=cpu", "trainer.log_every=0"]
 
 
 def compose_cfg(overrides=()):
@@ -113,7 +115,9 @@ def mlflow_store(tmp_path):
 
 @pytest.fixture
 def train_env(cifar_root):
-    """Environment for train.py subprocesses: repo on the path, data root set."""
-    env = dict(os.environ, CIFAR10_ROOT=str(cifar_root), PYTHONPATH=str(REPO))
+    """Environment for train.py subprocesses: repo on the path, data root set, one thread (as tests/faultkit.py's:
+    a 2-trial sweep of model=tiny took 26 s with one thread, 41 s with torch's default two on a loaded 2-core
+    machine; this process keeps the thread count it was given)."""
+    env = dict(os.environ, CIFAR10_ROOT=str(cifar_root), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     return env

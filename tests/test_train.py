@@ -14,6 +14,7 @@ from training.gate import check_config
 from training.tracking import read_records
 from models import param_report
 from tests.conftest import REPO, compose_cfg, small_data_overrides
+from tests.faultkit import fresh_sqlite_store
 
 
 def run_train(args, env, cwd):
@@ -40,6 +41,7 @@ def test_help_shows_the_projects_usage_then_its_groups(tmp_path, train_env):
 
 def test_the_demo_sweep_gates_prunes_and_nests_its_trials(tmp_path, train_env):
     """`make demo` (python train.py -m experiment=demo), on the synthetic data and with fewer trials."""
+    fresh_sqlite_store(tmp_path)  # the store it names, ready made
     result = run_train(["-m", "experiment=demo", "hydra.sweeper.n_trials=4", "data.train_images=500",
                         "data.test_images=200", "data.val_size=100", "trainer.device=cpu", "trainer.log_every=0",
                         f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"], train_env, tmp_path)
