@@ -3,6 +3,7 @@ MLflow store."""
 import os
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -121,3 +122,34 @@ def train_env(cifar_root):
     env = dict(os.environ, CIFAR10_ROOT=str(cifar_root), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+# The shared trained run: what tests/test_train.py and tests/test_evaluate.py read. TTA and EMA on, so that the
+# weights file's own accuracy (fp16, flip + shift) is measured too.
+TINY_RUN = ["model=tiny", "trainer.epochs=3", "trainer.batch_size=50", "optimizer.lr=0.003", "trainer.tta=flip_shift",
+            "trainer.ema_decay=0.9"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cifar_root):
+    """ONE trained run of model=tiny (3 epochs on the synthetic CIFAR-10, in this process), for the tests that only
+    read its results: its MLflow run (model logged, system metrics sampled every second), its weights file
+    (trainer.save_weights) and its metrics.jsonl records. Tests must not change what it wrote."""
+    import mlflow
+
+    from training import app
+    from training.tracking import read_records
+    folder = tmp_path_factory.mktemp("tiny-run")
+    store = folder / "store"
+    weights = folder / "weights" / "tiny.pt"
+    overrides = [*TINY_RUN, f"trainer.save_weights={weights}", *small_data_overrides(cifar_root, store)]
+    cfg = compose_cfg(overrides)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's default, 10 s, outlasts this run
+        patch.chdir(folder)  # where its checkpoint folder goes
+        val_acc = app.run(cfg)
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+    records = read_records(client.download_artifacts(run.info.run_id, "metrics.jsonl", str(folder)))
+    return SimpleNamespace(cfg=cfg, overrides=overrides, val_acc=val_acc, run=run, store=store, weights=weights,
+                           records=records)

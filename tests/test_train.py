@@ -13,7 +13,7 @@ from training import app
 from training.gate import check_config
 from training.tracking import read_records
 from models import param_report
-from tests.conftest import REPO, compose_cfg, small_data_overrides
+from tests.conftest import REPO, compose_cfg
 from tests.faultkit import fresh_sqlite_store
 
 
@@ -64,11 +64,9 @@ def test_over_budget_fails_before_data_and_leaves_no_run(tmp_path, train_env):
     assert not (tmp_path / "store.db").exists()   # no MLflow store touched, so no run in it
 
 
-def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's default, 10 s, outlasts this run
-    cfg = compose_cfg(["model=tiny", "trainer.epochs=3", "trainer.batch_size=50", "optimizer.lr=0.003",
-                       *small_data_overrides(cifar_root, mlflow_store)])
-    val_acc = app.run(cfg)
+def test_training_lowers_loss_and_logs_a_complete_run(tiny_run):
+    """The shared run (tests/conftest.py: model=tiny, 3 epochs, trained in this process by app.run)."""
+    cfg, val_acc = tiny_run.cfg, tiny_run.val_acc
     assert 0.0 <= val_acc <= 1.0
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")
