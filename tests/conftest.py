@@ -153,3 +153,52 @@ def tiny_run(tmp_path_factory, cifar_root):
     records = read_records(client.download_artifacts(run.info.run_id, "metrics.jsonl", str(folder)))
     return SimpleNamespace(cfg=cfg, overrides=overrides, val_acc=val_acc, run=run, store=store, weights=weights,
                            records=records)
+
+
+@pytest.fixture(scope="session")
+def micro_cifar(tmp_path_factory):
+    """Synthetic CIFAR-10 of tests/faultkit.py's size (5 x 24 training, 40 test images), for the micro model."""
+    from tests.faultkit import write_cifar as write_small
+    return write_small(tmp_path_factory.mktemp("micro-cifar"))
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (sqlite backend, served artifacts) on a free loopback port; its URL."""
+    import time
+
+    from tests.faultkit import free_port, rest, start_mlflow_server, stop_process_group, wait_for_port
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    process = start_mlflow_server(folder, port)
+    try:
+        wait_for_port(port, timeout=180, process=process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while rest(url, "experiments/search", {"max_results": 1}) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process_group(process)
+        print(f"mlflow server log: {folder / 'server.log'}")
+
+
+@pytest.fixture(scope="session")
+def served_sweep(mlflow_server, micro_cifar, tmp_path_factory):
+    """ONE finished sweep, for the tests that only read its results: `train.py -m` of the micro model, a 2-trial grid
+    over optimizer.lr (tests/faultkit.py's sweep_args, 2 epochs), study `served` in <folder>/optuna.db, logged to
+    the mlflow_server (experiment `sweeps`). tests/test_mlflow_server.py reads its runs through MLflow's REST API
+    and UI, tests/test_optuna_dashboard.py its study in Optuna Dashboard."""
+    import subprocess
+    import sys
+
+    from tests.faultkit import REPO as repo, rest, sweep_args, train_env as one_thread_env
+    folder = tmp_path_factory.mktemp("served-sweep")
+    args = sweep_args(micro_cifar, mlflow_server, f"sqlite:///{folder}/optuna.db", "served", 2, folder / "multirun",
+                      extra=["mlflow.experiment=sweeps"])
+    result = subprocess.run([sys.executable, str(repo / "train.py"), *args], cwd=folder, env=one_thread_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=sweeps")["experiment"]["experiment_id"]
+    return SimpleNamespace(folder=folder, study="served", optuna_db=folder / "optuna.db", experiment_id=experiment,
+                           result=result)
