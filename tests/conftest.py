@@ -3,6 +3,7 @@ MLflow store."""
 import os
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -82,8 +83,10 @@ def cifar_root(tmp_path_factory):
 
 
 def small_data_overrides(root, store):
+    """The synthetic data's sizes and an MLflow sqlite store in `store` (copied, ready: see fresh_sqlite_store)."""
+    from tests.faultkit import fresh_sqlite_store
     return [f"data.root={root}", "data.train_images=500", "data.test_images=200", "data.val_size=100",
-            f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db", "trainer.device=cpu", "trainer.log_every=0"]
+            f"mlflow.tracking_uri={fresh_sqlite_store(store)}", "trainer.device=cpu", "trainer.log_every=0"]
 
 
 def compose_cfg(overrides=()):
@@ -113,7 +116,89 @@ def mlflow_store(tmp_path):
 
 @pytest.fixture
 def train_env(cifar_root):
-    """Environment for train.py subprocesses: repo on the path, data root set."""
-    env = dict(os.environ, CIFAR10_ROOT=str(cifar_root), PYTHONPATH=str(REPO))
+    """Environment for train.py subprocesses: repo on the path, data root set, one thread (as tests/faultkit.py's:
+    a 2-trial sweep of model=tiny took 26 s with one thread, 41 s with torch's default two on a loaded 2-core
+    machine; this process keeps the thread count it was given)."""
+    env = dict(os.environ, CIFAR10_ROOT=str(cifar_root), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+# The shared trained run: what tests/test_train.py and tests/test_evaluate.py read. TTA and EMA on, so that the
+# weights file's own accuracy (fp16, flip + shift) is measured too.
+TINY_RUN = ["model=tiny", "trainer.epochs=3", "trainer.batch_size=50", "optimizer.lr=0.003", "trainer.tta=flip_shift",
+            "trainer.ema_decay=0.9"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cifar_root):
+    """ONE trained run of model=tiny (3 epochs on the synthetic CIFAR-10, in this process), for the tests that only
+    read its results: its MLflow run (model logged, system metrics sampled every second), its weights file
+    (trainer.save_weights) and its metrics.jsonl records. Tests must not change what it wrote."""
+    import mlflow
+
+    from training import app
+    from training.tracking import read_records
+    folder = tmp_path_factory.mktemp("tiny-run")
+    store = folder / "store"
+    weights = folder / "weights" / "tiny.pt"
+    overrides = [*TINY_RUN, f"trainer.save_weights={weights}", *small_data_overrides(cifar_root, store)]
+    cfg = compose_cfg(overrides)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's default, 10 s, outlasts this run
+        patch.chdir(folder)  # where its checkpoint folder goes
+        val_acc = app.run(cfg)
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+    records = read_records(client.download_artifacts(run.info.run_id, "metrics.jsonl", str(folder)))
+    return SimpleNamespace(cfg=cfg, overrides=overrides, val_acc=val_acc, run=run, store=store, weights=weights,
+                           records=records)
+
+
+@pytest.fixture(scope="session")
+def micro_cifar(tmp_path_factory):
+    """Synthetic CIFAR-10 of tests/faultkit.py's size (5 x 24 training, 40 test images), for the micro model."""
+    from tests.faultkit import write_cifar as write_small
+    return write_small(tmp_path_factory.mktemp("micro-cifar"))
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (sqlite backend, served artifacts) on a free loopback port; its URL."""
+    import time
+
+    from tests.faultkit import free_port, rest, start_mlflow_server, stop_process_group, wait_for_port
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    process = start_mlflow_server(folder, port)
+    try:
+        wait_for_port(port, timeout=180, process=process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while rest(url, "experiments/search", {"max_results": 1}) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process_group(process)
+        print(f"mlflow server log: {folder / 'server.log'}")
+
+
+@pytest.fixture(scope="session")
+def served_sweep(mlflow_server, micro_cifar, tmp_path_factory):
+    """ONE finished sweep, for the tests that only read its results: `train.py -m` of the micro model, a 2-trial grid
+    over optimizer.lr (tests/faultkit.py's sweep_args, 2 epochs), study `served` in <folder>/optuna.db, logged to
+    the mlflow_server (experiment `sweeps`). tests/test_mlflow_server.py reads its runs through MLflow's REST API
+    and UI, tests/test_optuna_dashboard.py its study in Optuna Dashboard."""
+    import subprocess
+    import sys
+
+    from tests.faultkit import REPO as repo, rest, sweep_args, train_env as one_thread_env
+    folder = tmp_path_factory.mktemp("served-sweep")
+    args = sweep_args(micro_cifar, mlflow_server, f"sqlite:///{folder}/optuna.db", "served", 2, folder / "multirun",
+                      extra=["mlflow.experiment=sweeps"])
+    result = subprocess.run([sys.executable, str(repo / "train.py"), *args], cwd=folder, env=one_thread_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=sweeps")["experiment"]["experiment_id"]
+    return SimpleNamespace(folder=folder, study="served", optuna_db=folder / "optuna.db", experiment_id=experiment,
+                           result=result)

@@ -17,7 +17,7 @@ from data.datasets import CIFAR10, CIFAR100
 from errors import ConfigError
 from models import build_model
 from tests.conftest import REPO, compose_cfg, synthetic_images, write_cifar100, write_cifar100_file
-from tests.faultkit import MICRO_MODEL
+from tests.faultkit import MICRO_MODEL, fresh_sqlite_store
 from training import app
 from training.gate import check_config
 
@@ -102,7 +102,7 @@ def test_one_epoch_on_synthetic_cifar100_logs_the_dataset(cifar100_root, mlflow_
     cfg = compose_cfg(["data=cifar100", f"data.root={cifar100_root}", "data.train_images=500",
                        "data.test_images=200", "data.val_size=100", *MICRO_MODEL, "trainer.epochs=1",
                        "trainer.batch_size=50", "trainer.device=cpu", "trainer.log_every=0", "mlflow.log_model=false",
-                       "mlflow.log_curves=false", f"mlflow.tracking_uri=sqlite:///{mlflow_store}/mlflow.db"])
+                       "mlflow.log_curves=false", f"mlflow.tracking_uri={fresh_sqlite_store(mlflow_store)}"])
     val_acc = app.run(cfg)
     assert 0.0 <= val_acc <= 1.0
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)

@@ -4,31 +4,15 @@ import re
 import pytest
 import torch
 
-from tests.conftest import compose_cfg, small_data_overrides
+from tests.conftest import compose_cfg
 from tests.test_train import run_train
-from training import app, tasks
-from training.tracking import read_records
-
-TINY = ["model=tiny", "trainer.batch_size=50", "optimizer.lr=0.003", "trainer.tta=flip_shift", "trainer.ema_decay=0.9"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cifar_root):
-    """One tiny run that saves its weights; (weights path, its records, the overrides, the store)."""
-    folder = tmp_path_factory.mktemp("evaluate")
-    store = folder / "store"
-    store.mkdir()
-    weights = folder / "weights" / "tiny.pt"
-    overrides = [*TINY, "trainer.epochs=2", f"trainer.save_weights={weights}", "mlflow.log_model=false",
-                 *small_data_overrides(cifar_root, store)]
-    out = folder / "run"
-    original = tasks.output_dir
-    tasks.output_dir = lambda: str(out)  # the run's records (metrics.jsonl) land here instead of a temp folder
-    try:
-        app.run(compose_cfg(overrides))
-    finally:
-        tasks.output_dir = original
-    return weights, read_records(out / "metrics.jsonl"), overrides, store
+def trained(tiny_run):
+    """The shared tiny run (tests/conftest.py), which saved its weights: (weights path, its records, the overrides,
+    the store)."""
+    return tiny_run.weights, tiny_run.records, tiny_run.overrides, tiny_run.store
 
 
 def test_saved_weights_are_fp16_and_their_accuracy_is_recorded(trained):

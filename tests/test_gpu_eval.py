@@ -224,12 +224,12 @@ def test_a_final_run_cut_at_its_deadline_is_evaluated_from_its_last_checkpoint(t
     import gpu_eval
     from data import load_dataset
     from data.datasets import CIFAR10
-    from tests.faultkit import MICRO_MODEL, run_train, train_env, write_cifar
+    from tests.faultkit import MICRO_MODEL, fresh_sqlite_store, run_train, train_env, write_cifar
     root = write_cifar(tmp_path / "data")
     setup = [f"data.root={root}", "data.train_images=120", "data.test_images=40", "data.val_size=0",
              "trainer.device=cpu", "trainer.log_every=0", "mlflow.log_model=false", *MICRO_MODEL,
              "trainer.batch_size=40", "trainer.ema_decay=0.9"]
-    run = run_train([*setup, "trainer.epochs=2", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db",
+    run = run_train([*setup, "trainer.epochs=2", f"mlflow.tracking_uri={fresh_sqlite_store(tmp_path, 'm.db')}",
                      f"trainer.checkpoint_dir={tmp_path / 'ckpt'}", "trainer.keep_checkpoint=true",
                      f"trainer.save_weights={tmp_path / 'finished.pt'}"], tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -1,7 +1,5 @@
 """A real `mlflow server` (sqlite backend, served artifacts) on 127.0.0.1: a single run and a sweep
 logged to it, checked through MLflow's REST API, and the MLflow UI in headless Chromium."""
-import subprocess
-import sys
 import time
 import urllib.parse
 
@@ -10,32 +8,20 @@ import torch
 
 from tests.browser import browser, page_text, wait_for_text  # noqa: F401 - browser is a fixture
 from tests.conftest import compose_cfg
-from tests.faultkit import (REPO, free_port, rest, start_mlflow_server, stop_process_group, sweep_args,
-                            tiny_overrides, train_env, wait_for_port, write_cifar)
+from tests.faultkit import REPO, rest, tiny_overrides
 
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots (gitignored)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    process = start_mlflow_server(folder, port)
-    try:
-        wait_for_port(port, timeout=180, process=process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while rest(url, "experiments/search", {"max_results": 1}) is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        yield url
-    finally:
-        stop_process_group(process)
-        print(f"mlflow server log: {folder / 'server.log'}")
+@pytest.fixture
+def server(mlflow_server):
+    """The session's `mlflow server` (tests/conftest.py), shared with the finished sweep logged to it."""
+    return mlflow_server
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_cifar(tmp_path_factory.mktemp("cifar"))
+@pytest.fixture
+def data(micro_cifar):
+    return micro_cifar
 
 
 def experiment_id(url, name):
@@ -82,16 +68,11 @@ def test_a_single_run_logged_to_the_server(server, data, tmp_path, monkeypatch):
                                        for t in run["data"]["tags"])
 
 
-@pytest.fixture(scope="module")
-def sweep(server, data, tmp_path_factory):
-    """A finished 2-trial sweep logged to the server."""
-    folder = tmp_path_factory.mktemp("sweep")
-    args = sweep_args(data, server, f"sqlite:///{folder}/optuna.db", "served", 2, folder / "multirun",
-                      extra=["mlflow.experiment=sweeps"])
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=folder, env=train_env(),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return experiment_id(server, "sweeps")
+@pytest.fixture
+def sweep(served_sweep, server):
+    """The session's finished 2-trial sweep logged to the server (tests/conftest.py): its experiment id."""
+    assert experiment_id(server, "sweeps") == served_sweep.experiment_id
+    return served_sweep.experiment_id
 
 
 def test_a_sweep_logs_one_parent_and_a_child_per_trial(server, sweep):

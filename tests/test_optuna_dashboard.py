@@ -7,23 +7,18 @@ from pathlib import Path
 import pytest
 
 from tests.browser import browser, page_text, wait_for_text  # noqa: F401 - browser is a fixture
-from tests.faultkit import (REPO, fresh_sqlite_store, free_port, stop_process_group, sweep_args, train_env,
-                            wait_for_port, write_cifar)
+from tests.faultkit import REPO, free_port, stop_process_group, wait_for_port
 
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots (gitignored)
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A finished 2-trial sweep; its study lives in <folder>/optuna.db."""
-    folder = tmp_path_factory.mktemp("dashboard")
-    data = write_cifar(folder / "data")
-    args = sweep_args(data, fresh_sqlite_store(folder / "mlflow"), f"sqlite:///{folder}/optuna.db", "browsed", 2,
-                      folder / "multirun", epochs=1)
-    done = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=folder, env=train_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder / "optuna.db"
+@pytest.fixture
+def study(served_sweep, tmp_path):
+    """The session's finished 2-trial sweep (tests/conftest.py: micro model, a grid over optimizer.lr): a copy of its
+    study's <folder>/optuna.db, study `served` (the dashboard may write to the file it serves)."""
+    copy = tmp_path / "optuna.db"
+    shutil.copy(served_sweep.optuna_db, copy)
+    return copy
 
 
 @pytest.fixture
@@ -42,9 +37,9 @@ def dashboard(study):
 
 def test_optuna_dashboard_shows_the_study_and_its_trials(dashboard, browser):
     browser.get(f"{dashboard}/dashboard/")
-    wait_for_text(browser, "browsed")
+    wait_for_text(browser, "served")
     browser.get(f"{dashboard}/dashboard/studies/1/trials")
-    wait_for_text(browser, "browsed (id=1)", "Trial 0", "Complete", "optimizer.lr")
+    wait_for_text(browser, "served (id=1)", "Trial 0", "Complete", "optimizer.lr")
     text = page_text(browser)
     # the sweep's own attributes: the parameter count (constraint `params`) and the launched overrides
     assert "Trial 1" in text and "Best Trial" in text and "params 8530" in text and "overrides" in text

@@ -16,6 +16,7 @@ import torch
 
 import training.progress as progress_module
 from tests.conftest import REPO
+from tests.faultkit import MICRO_MODEL
 from training.engine import train_one_epoch
 from training.progress import Progress
 
@@ -85,7 +86,8 @@ def test_on_a_terminal_the_bar_redraws_in_place_and_libraries_are_quiet(tmp_path
     env = dict(os.environ, CIFAR10_ROOT=str(cifar_root), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                COLUMNS="120", TERM="xterm")
     env.pop("MLFLOW_LOGGING_LEVEL", None)
-    command = [sys.executable, str(REPO / "train.py"), "model=tiny", "trainer.epochs=2", "trainer.batch_size=5",
+    # The micro model (tests/faultkit.py): what is checked is the display of its 80 steps per epoch, not the model.
+    command = [sys.executable, str(REPO / "train.py"), *MICRO_MODEL, "trainer.epochs=2", "trainer.batch_size=5",
                "data.train_images=500", "data.test_images=200", "data.val_size=100", "trainer.device=cpu",
                "trainer.log_every=1", "mlflow.log_model=false", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"]
     leader, follower = pty.openpty()

@@ -3,6 +3,7 @@ import mlflow
 import pytest
 
 from tests.conftest import compose_cfg
+from tests.faultkit import fresh_sqlite_store
 from training.run_context import RunContext
 from training.tracking import Tracker
 
@@ -24,7 +25,7 @@ class Trial:
 
 
 def tracker_for(cls, tmp_path):
-    tracker = cls(compose_cfg(["model=tiny", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]))
+    tracker = cls(compose_cfg(["model=tiny", f"mlflow.tracking_uri={fresh_sqlite_store(tmp_path)}"]))
     tracker.open()
     return tracker
 

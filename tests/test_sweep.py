@@ -7,9 +7,12 @@ import optuna
 from optuna.trial import TrialState
 
 from tests.conftest import REPO
+from tests.faultkit import fresh_sqlite_store
 
 
 def run_sweep(tmp_path, env, *extra, study="s", store="mlflow.db"):
+    if not (tmp_path / store).exists():  # a new store, ready made (its schema is not what these tests check)
+        fresh_sqlite_store(tmp_path, store)
     args = ["-m", "hydra/sweeper=optuna", "model=tiny", "trainer.epochs=2", "trainer.batch_size=100",
             "data.train_images=500", "data.test_images=200", "data.val_size=100", "trainer.log_every=0",
             "trainer.device=cpu", f"mlflow.tracking_uri=sqlite:///{tmp_path}/{store}",

@@ -116,7 +116,8 @@ def test_a_summary_that_fails_is_a_warning_and_the_parent_run_ends_failed(tmp_pa
     for key in (job.ENV_STUDY, job.ENV_STORAGE, job.ENV_PARENT_RUN, job.ENV_DIRECTIONS, secrets.ENV):
         monkeypatch.delenv(key, raising=False)  # run() shares them through this process's environment
     sweep, study = make_sweep(tmp_path, "x=choice(0,1)", n_trials=2)
-    sweep.s["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "e"}
+    from tests.faultkit import fresh_sqlite_store
+    sweep.s["mlflow"] = {"tracking_uri": fresh_sqlite_store(tmp_path), "experiment": "e"}
 
     def broken(*args):
         raise OSError("disk full\nsecond line")

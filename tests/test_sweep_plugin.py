@@ -170,6 +170,8 @@ def test_pruner_specs(pruner):
 def test_a_fixed_value_with_a_space_reaches_the_best_config_and_command(tmp_path):
     # `name='cifar sweep'` in a shell reaches Hydra as `name=cifar sweep`. The summary used to rebuild the
     # best trial's overrides by splitting a joined string, failed on `sweep`, and left the parent RUNNING.
+    from tests.faultkit import fresh_sqlite_store
+    fresh_sqlite_store(tmp_path)  # the store the sweep names, ready made
     folder = app(tmp_path, """
     import hydra
 

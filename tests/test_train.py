@@ -13,7 +13,8 @@ from training import app
 from training.gate import check_config
 from training.tracking import read_records
 from models import param_report
-from tests.conftest import REPO, compose_cfg, small_data_overrides
+from tests.conftest import REPO, compose_cfg
+from tests.faultkit import fresh_sqlite_store
 
 
 def run_train(args, env, cwd):
@@ -40,6 +41,7 @@ def test_help_shows_the_projects_usage_then_its_groups(tmp_path, train_env):
 
 def test_the_demo_sweep_gates_prunes_and_nests_its_trials(tmp_path, train_env):
     """`make demo` (python train.py -m experiment=demo), on the synthetic data and with fewer trials."""
+    fresh_sqlite_store(tmp_path)  # the store it names, ready made
     result = run_train(["-m", "experiment=demo", "hydra.sweeper.n_trials=4", "data.train_images=500",
                         "data.test_images=200", "data.val_size=100", "trainer.device=cpu", "trainer.log_every=0",
                         f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"], train_env, tmp_path)
@@ -62,11 +64,9 @@ def test_over_budget_fails_before_data_and_leaves_no_run(tmp_path, train_env):
     assert not (tmp_path / "store.db").exists()   # no MLflow store touched, so no run in it
 
 
-def test_training_lowers_loss_and_logs_a_complete_run(cifar_root, mlflow_store, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's default, 10 s, outlasts this run
-    cfg = compose_cfg(["model=tiny", "trainer.epochs=3", "trainer.batch_size=50", "optimizer.lr=0.003",
-                       *small_data_overrides(cifar_root, mlflow_store)])
-    val_acc = app.run(cfg)
+def test_training_lowers_loss_and_logs_a_complete_run(tiny_run):
+    """The shared run (tests/conftest.py: model=tiny, 3 epochs, trained in this process by app.run)."""
+    cfg, val_acc = tiny_run.cfg, tiny_run.val_acc
     assert 0.0 <= val_acc <= 1.0
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")
