@@ -61,7 +61,8 @@ def summarize(tracking, config, study, parent, directions, names, config_loader,
                "over_budget_share_first_half": share(flags[:half]), "over_budget_share_second_half": share(flags[half:])}
     log.info(f"{len(trials)} proposals: {states['complete']} complete, {states['pruned']} pruned, {states['fail']} failed, "
              f"{metrics['proposals_over_budget']} over budget, {metrics['proposals_invalid']} invalid, "
-             f"{metrics['proposals_repeated']} repeats (never launched; this run: {counts})")
+             f"{metrics['proposals_repeated']} repeats (never launched; this run: "
+             + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items()) + ")")
     out_dir = str(config.hydra.sweep.dir)
     os.makedirs(out_dir, exist_ok=True)
     names = objective_names(names, directions)
