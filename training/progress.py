@@ -92,8 +92,9 @@ class Progress:
         self.estimated = True
         epoch_s = per_step * self.steps
         total = epoch_s * (self.epochs - self.first_epoch + 1)
+        left = self.epochs - self.first_epoch + 1
         line = (f"estimate: {per_step:.3g} s/step x {self.steps} steps -> ~{clock(epoch_s)} per epoch, "
-                f"~{clock(total)} for {self.epochs - self.first_epoch + 1} epochs (training steps only)")
+                f"~{clock(total)} for {left} epoch{'s' if left != 1 else ''} (training steps only)")
         if total > SLOW_RUN_S and self.device == "cpu":
             line += (f" | over an hour on a CPU: for a quick run use {', '.join(FAST_OPTIONS[:-1])}, "
                      f"or {FAST_OPTIONS[-1]}")
