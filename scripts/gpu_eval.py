@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from gpu_data import describe_data, write_smoke_data  # noqa: E402  (scripts/ is this script's folder)
+from sweeper.records import INFEASIBLE  # noqa: E402
 from training.files import write_atomically, write_text_atomically  # noqa: E402
 
 STUDY = "gpu-eval-family"
@@ -180,10 +181,10 @@ def best_trial(storage, study_name):
         return None, None, None, {"unreadable": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
     counts = {}
     for t in trials:
-        kind = "infeasible" if t.user_attrs.get("infeasible") else t.state.name.lower()
+        kind = "infeasible" if t.user_attrs.get(INFEASIBLE) else t.state.name.lower()
         counts[kind] = counts.get(kind, 0) + 1
     trained = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None
-               and not t.user_attrs.get("infeasible")]
+               and not t.user_attrs.get(INFEASIBLE)]
     if not trained:
         return None, None, None, counts
     best = max(trained, key=lambda t: t.value)

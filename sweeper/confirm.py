@@ -33,7 +33,8 @@ from errors import UsageError
 from sweeper import job as job_api
 from sweeper.propose import Proposal
 from sweeper.report import launched_overrides
-from sweeper.study import CONFIRM_OF, is_confirmation
+from sweeper.records import CONFIRM_OF, FAIL_REASON, OVERRIDES, PARENT_RUN, SEED, SEEDS, SWEEP, TRIAL_NUMBER
+from sweeper.study import is_confirmation
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,8 @@ class Confirmation:
     def taken(trials):
         """(search trial, seed) of retrainings running or ended with a result (a crash included): not redone.
         One that was interrupted (FAIL without a reason) is trained again."""
-        return {(t.user_attrs[CONFIRM_OF], t.user_attrs.get("seed")) for t in trials if is_confirmation(t) and (
-            t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED) or "fail_reason" in t.user_attrs)}
+        return {(t.user_attrs[CONFIRM_OF], t.user_attrs.get(SEED)) for t in trials if is_confirmation(t) and (
+            t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED) or FAIL_REASON in t.user_attrs)}
 
     # --- the run -----------------------------------------------------------------------------------
     def run(self, sweep, study):
@@ -194,7 +195,7 @@ class Confirmation:
             if batch or results or runner.busy():
                 continue
             elsewhere = [t for t in trials if is_confirmation(t) and t.state == TrialState.RUNNING
-                         and (t.user_attrs[CONFIRM_OF], t.user_attrs.get("seed")) in wanted]
+                         and (t.user_attrs[CONFIRM_OF], t.user_attrs.get(SEED)) in wanted]
             if not elsewhere:
                 return
             sweep.wait(time.sleep, poll)
@@ -204,7 +205,7 @@ class Confirmation:
         overrides = [o for o in launched_overrides(trial) if override_key(o) != self.seed_key]
         overrides.append(f"{self.seed_key}={seed}")
         template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
-            CONFIRM_OF: trial.number, "seed": seed, "overrides": overrides})
+            CONFIRM_OF: trial.number, SEED: seed, OVERRIDES: overrides})
         trial_id = sweep.storage.create_new_trial(sweep.study_id, template_trial=template)
         number = sweep.storage.get_trial_number_from_id(trial_id)
         sweep.heartbeats.hold(trial_id, number)
@@ -222,9 +223,9 @@ class Confirmation:
         for t in sorted(trials, key=lambda t: t.number):
             if not is_confirmation(t):
                 continue
-            runs.setdefault(t.user_attrs[CONFIRM_OF], {})[str(t.number)] = t.user_attrs.get("seed")
-            if t.state.is_finished() and (t.state != TrialState.FAIL or "fail_reason" in t.user_attrs):
-                ended.setdefault((t.user_attrs[CONFIRM_OF], t.user_attrs.get("seed")), t)
+            runs.setdefault(t.user_attrs[CONFIRM_OF], {})[str(t.number)] = t.user_attrs.get(SEED)
+            if t.state.is_finished() and (t.state != TrialState.FAIL or FAIL_REASON in t.user_attrs):
+                ended.setdefault((t.user_attrs[CONFIRM_OF], t.user_attrs.get(SEED)), t)
         rows = []
         for trial in chosen:
             row = Row(trial, plan[trial.number], runs=runs.get(trial.number, {}))
@@ -254,14 +255,14 @@ class ConfirmRuns:
         if trial.number not in self.ids:
             client = self.tracking.client
             experiment_id = client.get_run(self.parent).info.experiment_id
-            found = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{self.parent}' and "
-                                                        f"tags.sweep = 'confirm' and tags.confirm_of = '{trial.number}'")
+            found = client.search_runs([experiment_id], f"tags.{PARENT_RUN} = '{self.parent}' and tags.{SWEEP} = "
+                                                        f"'confirm' and tags.{CONFIRM_OF} = '{trial.number}'")
             if found:
                 run_id = found[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
             else:
                 run_id = client.create_run(experiment_id, run_name=f"confirm-#{trial.number}", tags={
-                    "mlflow.parentRunId": self.parent, "sweep": "confirm", CONFIRM_OF: str(trial.number)}).info.run_id
+                    PARENT_RUN: self.parent, SWEEP: "confirm", CONFIRM_OF: str(trial.number)}).info.run_id
                 for key, value in trial.params.items():
                     client.log_param(run_id, key, value)
             self.ids[trial.number] = run_id
@@ -281,17 +282,17 @@ class ConfirmRuns:
                 metrics[f"{name}_std"] = row.std
             for key, value in metrics.items():
                 client.log_metric(run_id, key, float(value))
-            client.set_tag(run_id, "seeds", ",".join(str(s) for s in row.seeds))
+            client.set_tag(run_id, SEEDS, ",".join(str(s) for s in row.seeds))
             self._tag_children(client, run_id, row)
         self.finish("FINISHED")
 
     def _tag_children(self, client, run_id, row):
         experiment_id = client.get_run(run_id).info.experiment_id
-        for child in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=1000):
-            seed = row.runs.get(child.data.tags.get("trial_number"))
+        for child in client.search_runs([experiment_id], f"tags.{PARENT_RUN} = '{run_id}'", max_results=1000):
+            seed = row.runs.get(child.data.tags.get(TRIAL_NUMBER))
             if seed is not None:
                 client.set_tag(child.info.run_id, CONFIRM_OF, str(row.trial.number))
-                client.set_tag(child.info.run_id, "seed", str(seed))
+                client.set_tag(child.info.run_id, SEED, str(seed))
 
     def finish(self, status):
         if not self.enabled:

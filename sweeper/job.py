@@ -18,6 +18,8 @@ job can reach: a database URL, or the in-memory study when the job runs in the s
 import logging
 import os
 
+from sweeper.records import PRUNED_AT_STEP
+
 log = logging.getLogger(__name__)
 
 ENV_STUDY = "SWEEPER_STUDY"
@@ -150,7 +152,7 @@ class SweepTrial:
             self._reporting = False
             return
         if prune:
-            self._trial.set_user_attr("pruned_at_step", int(step))
+            self._trial.set_user_attr(PRUNED_AT_STEP, int(step))
             raise TrialPruned(f"trial {self.number} pruned at step {step} (value {value:.4f})")
 
     def close(self):

@@ -21,6 +21,7 @@ import socket
 import urllib.parse
 
 from errors import TrackingError
+from sweeper.records import PARENT_RUN
 from sweeper.secrets import mask_url, reveal
 from sweeper.stores import first_open, make_sqlite_folder, while_schema_is_made
 
@@ -107,7 +108,7 @@ def is_active(store, run_id):
 def children(store, parent, running_only=False):
     """The runs nested under `parent` (tag mlflow.parentRunId), in its experiment; RUNNING ones only if asked."""
     experiment_id = store.get_run(parent).info.experiment_id
-    query = f"tags.mlflow.parentRunId = '{parent}'" + (" and attributes.status = 'RUNNING'" if running_only else "")
+    query = f"tags.{PARENT_RUN} = '{parent}'" + (" and attributes.status = 'RUNNING'" if running_only else "")
     return store.search_runs([experiment_id], query, max_results=10_000)
 
 

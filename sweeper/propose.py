@@ -13,6 +13,8 @@ from optuna.trial import TrialState
 from errors import SweepError
 from sweeper import reduce as reduce_mod, secrets, space as space_mod
 from sweeper.constraints import INVALID_AMOUNT, Verdict
+from sweeper.records import (BASELINE, CONCURRENT, CONFIG_DIGEST, INFEASIBLE, INVALID, LAUNCHED, OVERRIDES, REASON,
+                             REPEAT_OF, WITHDRAWN)
 from sweeper.sampler import is_placeholder
 from sweeper.settings import sampler_spec
 from sweeper.study import set_attrs, trained_trials
@@ -89,7 +91,7 @@ class Proposer:
             self.extender(self.config, trial)
         params = dict(trial.params)
         proposal = Proposal(trial, trial_id, space_mod.as_overrides(params) + self.fixed,
-                            tags=("baseline",) if trial.user_attrs.get("baseline") else ())
+                            tags=(BASELINE,) if trial.user_attrs.get(BASELINE) else ())
         key = space_mod.params_key(params)
         cfg, error = self.compose(proposal)
         digest = proposal.digest = "" if cfg is None else reduce_mod.digest(cfg, self.ignored)
@@ -97,10 +99,10 @@ class Proposer:
         twin = twin if twin is not None else known.get(("params", key))
         if twin is not None:
             proposal.kind, proposal.note = "repeat", f"repeat of #{twin}"
-            self.store.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": twin})
+            self.store.close(study, proposal, state=TrialState.FAIL, attrs={REPEAT_OF: twin})
         else:
             if digest:  # stored before anything else reads: another worker's twin check sees it (give_way_to_a_twin)
-                self.store.storage.set_trial_system_attr(trial_id, reduce_mod.DIGEST_ATTR, digest)
+                self.store.storage.set_trial_system_attr(trial_id, CONFIG_DIGEST, digest)
             self.judge(study, proposal, cfg, error)
         if proposal.kind == "feasible":
             self.give_way_to_a_twin(study, proposal, key, digest)
@@ -123,9 +125,9 @@ class Proposer:
             if t.number == proposal.number or not self.same(t, key, digest):
                 continue
             if trained_trials([t]) or (t.state == TrialState.RUNNING and (
-                    t.number < proposal.number or t.user_attrs.get("launched"))):
+                    t.number < proposal.number or t.user_attrs.get(LAUNCHED))):
                 proposal.kind, proposal.note = "repeat", f"repeat of #{t.number}, proposed by another worker at once"
-                self.store.close(study, proposal, state=TrialState.FAIL, attrs={"repeat_of": t.number, "concurrent": True})
+                self.store.close(study, proposal, state=TrialState.FAIL, attrs={REPEAT_OF: t.number, CONCURRENT: True})
                 return
 
     @staticmethod
@@ -167,11 +169,11 @@ class Proposer:
             return
         if verdict.invalid is not None:
             proposal.kind, proposal.note = "invalid", f"invalid: {verdict.invalid}"
-            attrs.update(invalid=True, reason=verdict.invalid)
+            attrs.update({INVALID: True, REASON: verdict.invalid})
         else:
             over = ", ".join(f"{name} +{readable(amount)}" for name, amount in verdict.over().items())
             proposal.kind, proposal.note = "over_budget", f"over budget ({over})"
-            attrs.update(infeasible=True, reason=f"over budget: {over}")
+            attrs.update({INFEASIBLE: True, REASON: f"over budget: {over}"})
         self.store.close(study, proposal, state=TrialState.FAIL, attrs=attrs)
 
     def propose(self, study):
@@ -201,8 +203,8 @@ class Proposer:
             if t.state == TrialState.RUNNING or trained_trials([t]):
                 digest = reduce_mod.of_trial(t)
                 known.setdefault(("digest", digest) if digest else ("params", key), t.number)
-            elif t.state == TrialState.FAIL and "repeat_of" in t.user_attrs:
-                repeats.append((t.user_attrs["repeat_of"], key, t.params))
+            elif t.state == TrialState.FAIL and REPEAT_OF in t.user_attrs:
+                repeats.append((t.user_attrs[REPEAT_OF], key, t.params))
                 continue
             elif not is_placeholder(t):
                 continue
@@ -242,14 +244,14 @@ class Proposer:
             1 for t in trials if t.state == TrialState.RUNNING and t.number < proposal.number)
         if ahead < self.n_trials:
             return False
-        self.store.close(study, proposal, state=TrialState.FAIL, attrs={"withdrawn": True})
+        self.store.close(study, proposal, state=TrialState.FAIL, attrs={WITHDRAWN: True})
         log.info(f"  proposal #{proposal.number} withdrawn: another worker took the last trial")
         return True
 
     def mark_launched(self, proposal):
         self.counts["feasible"] += 1
         # A list, as the launcher gets them: a value may hold spaces (`name=cifar sweep`), so no joined string.
-        attrs = {"launched": True, "overrides": list(proposal.overrides)}
+        attrs = {LAUNCHED: True, OVERRIDES: list(proposal.overrides)}
         if proposal.digest:  # for a person reading the study; workers match the system attr, set before judging
-            attrs[reduce_mod.DIGEST_ATTR] = proposal.digest
+            attrs[CONFIG_DIGEST] = proposal.digest
         set_attrs(proposal.trial, attrs)

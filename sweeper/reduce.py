@@ -15,7 +15,9 @@ import json
 
 from omegaconf import OmegaConf
 
-DIGEST_ATTR = "config_digest"
+from sweeper.records import CONFIG_DIGEST
+
+DIGEST_ATTR = CONFIG_DIGEST  # its older name here, which tests/test_search_repeats.py reads
 
 
 def _flatten(node, prefix, out):
@@ -61,4 +63,4 @@ def digest(cfg, ignored=()):
 
 def of_trial(trial):
     """The digest a trial was judged with, or None (a trial from before digests, or never composed)."""
-    return trial.system_attrs.get(DIGEST_ATTR) or trial.user_attrs.get(DIGEST_ATTR)
+    return trial.system_attrs.get(CONFIG_DIGEST) or trial.user_attrs.get(CONFIG_DIGEST)

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeper import secrets
+from sweeper.records import INFEASIBLE, INVALID, LAUNCHED, OVERRIDES, REPEAT_OF
 from sweeper.study import is_confirmation
 from sweeper.tracking import Tracking  # noqa: F401 - importable from here as before
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 def launched_overrides(trial):
     """The overrides a trial was launched with. Studies recorded before they were kept as a list hold one
     string: split as a shell would, keeping quotes (`a='x y'` is one override), else at spaces."""
-    overrides = trial.user_attrs.get("overrides", [])
+    overrides = trial.user_attrs.get(OVERRIDES, [])
     if isinstance(overrides, str):
         try:
             return shlex.split(overrides, posix=False)
@@ -48,16 +49,16 @@ def summarize(tracking, config, study, parent, directions, names, config_loader,
     """Log the outcome: console lines, sweep-dir files, and (with MLflow) metrics and artifacts on the parent.
     `confirmed` (sweeper/confirm.py's Outcome): the best is its best by mean, printed with ± std, and its table."""
     trials = [t for t in study.get_trials(deepcopy=False) if not is_confirmation(t)]  # the search's proposals
-    launched = [t for t in trials if t.user_attrs.get("launched") and t.state.is_finished()]  # interrupted ones too
+    launched = [t for t in trials if t.user_attrs.get(LAUNCHED) and t.state.is_finished()]  # interrupted ones too
     states = {s.name.lower(): sum(1 for t in launched if t.state == s)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    flags = [bool(t.user_attrs.get("infeasible")) for t in trials]
+    flags = [bool(t.user_attrs.get(INFEASIBLE)) for t in trials]
     half = len(flags) // 2
     share = lambda part: sum(part) / len(part) if part else 0.0  # noqa: E731
     metrics = {"trials_complete": states["complete"], "trials_pruned": states["pruned"],
                "trials_failed": states["fail"], "proposals_over_budget": sum(flags),
-               "proposals_invalid": sum(1 for t in trials if t.user_attrs.get("invalid")),
-               "proposals_repeated": sum(1 for t in trials if "repeat_of" in t.user_attrs),
+               "proposals_invalid": sum(1 for t in trials if t.user_attrs.get(INVALID)),
+               "proposals_repeated": sum(1 for t in trials if REPEAT_OF in t.user_attrs),
                "over_budget_share_first_half": share(flags[:half]), "over_budget_share_second_half": share(flags[half:])}
     log.info(f"{len(trials)} proposals: {states['complete']} complete, {states['pruned']} pruned, {states['fail']} failed, "
              f"{metrics['proposals_over_budget']} over budget, {metrics['proposals_invalid']} invalid, "
@@ -235,7 +236,7 @@ def constraint_points(trials, name):
     return {"trained": [(t.user_attrs[name], t.value) for t in rows if t.state == TrialState.COMPLETE],
             "pruned": [(t.user_attrs[name], t.intermediate_values[max(t.intermediate_values)]) for t in rows
                        if t.state == TrialState.PRUNED and t.intermediate_values],
-            "over": [t.user_attrs[name] for t in rows if t.user_attrs.get("infeasible") and t.constraints[name] > 0],
+            "over": [t.user_attrs[name] for t in rows if t.user_attrs.get(INFEASIBLE) and t.constraints[name] > 0],
             "limit": limits.pop() if len(limits) == 1 else None}
 
 

@@ -23,11 +23,12 @@ from optuna.trial import TrialState
 
 from sweeper import signals
 from sweeper.propose import Proposal
+from sweeper.records import CHECKPOINT, INTERRUPTED, LAUNCHED, MLFLOW_RUN_ID, OVERRIDES, RESUMES, WITHDRAWN
 
 log = logging.getLogger(__name__)
 
 # User attrs the replacement does not inherit: how the interrupted one ended, and what the job writes itself.
-NOT_INHERITED = ("interrupted", "resumes", "checkpoint", "mlflow_run_id")
+NOT_INHERITED = (INTERRUPTED, RESUMES, CHECKPOINT, MLFLOW_RUN_ID)
 
 
 @dataclass
@@ -38,11 +39,11 @@ class Replacement(Proposal):
 
 def resumable(trials):
     """Interrupted trials with a checkpoint on disk that no trial has replaced yet, oldest first."""
-    replaced = {t.user_attrs["resumes"] for t in trials if "resumes" in t.user_attrs
-                and not t.user_attrs.get("withdrawn")}
-    return [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
-            and t.user_attrs.get("launched") and t.number not in replaced
-            and os.path.isfile(str(t.user_attrs.get("checkpoint", "")))]
+    replaced = {t.user_attrs[RESUMES] for t in trials if RESUMES in t.user_attrs
+                and not t.user_attrs.get(WITHDRAWN)}
+    return [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED)
+            and t.user_attrs.get(LAUNCHED) and t.number not in replaced
+            and os.path.isfile(str(t.user_attrs.get(CHECKPOINT, "")))]
 
 
 class Resumer:
@@ -59,7 +60,7 @@ class Resumer:
 
     def replace(self, study, old):
         user_attrs = {k: v for k, v in old.user_attrs.items() if k not in NOT_INHERITED}
-        user_attrs["resumes"] = old.number
+        user_attrs[RESUMES] = old.number
         template = optuna.trial.create_trial(
             state=TrialState.RUNNING, params=old.params, distributions=old.distributions, user_attrs=user_attrs,
             system_attrs=old.system_attrs, intermediate_values=old.intermediate_values)
@@ -68,16 +69,16 @@ class Resumer:
             trial_id = storage.create_new_trial(self.store.study_id, template_trial=template)
             number = storage.get_trial(trial_id).number
             self.store.heartbeats.hold(trial_id, number)
-        proposal = Replacement(optuna.trial.Trial(study, trial_id), trial_id, list(old.user_attrs.get("overrides", [])),
-                               resume_from=str(old.user_attrs["checkpoint"]), resumes=old.number,
+        proposal = Replacement(optuna.trial.Trial(study, trial_id), trial_id, list(old.user_attrs.get(OVERRIDES, [])),
+                               resume_from=str(old.user_attrs[CHECKPOINT]), resumes=old.number,
                                note=f"resumes #{old.number}")
         twins = [t.number for t in study.get_trials(deepcopy=False)
-                 if t.user_attrs.get("resumes") == old.number and t.number != number
-                 and not t.user_attrs.get("withdrawn") and t.state != TrialState.FAIL]
+                 if t.user_attrs.get(RESUMES) == old.number and t.number != number
+                 and not t.user_attrs.get(WITHDRAWN) and t.state != TrialState.FAIL]
         if twins and min(twins) < number:  # another worker replaced it at the same moment
-            self.store.close(study, proposal, TrialState.FAIL, attrs={"withdrawn": True})
+            self.store.close(study, proposal, TrialState.FAIL, attrs={WITHDRAWN: True})
             return None
         epochs = max(old.intermediate_values, default=0)
         log.info(f"  trial #{number} resumes interrupted trial #{old.number}"
-                 + (f" after step {epochs}" if epochs else "") + f" from {old.user_attrs['checkpoint']}")
+                 + (f" after step {epochs}" if epochs else "") + f" from {old.user_attrs[CHECKPOINT]}")
         return proposal

@@ -23,6 +23,7 @@ from optuna.samplers import BaseSampler, BruteForceSampler, GridSampler, QMCSamp
 from optuna.trial import TrialState
 
 from sweeper.compat import StudyView
+from sweeper.records import INFEASIBLE, INVALID
 from sweeper.study import is_confirmation
 
 NON_LEARNING = (GridSampler, RandomSampler, QMCSampler, BruteForceSampler)
@@ -30,7 +31,7 @@ TRAINED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def is_placeholder(trial):
-    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get("infeasible") or trial.user_attrs.get("invalid"))
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(INFEASIBLE) or trial.user_attrs.get(INVALID))
 
 
 def worst_values(trials, directions):

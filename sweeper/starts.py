@@ -24,15 +24,15 @@ from optuna.trial import TrialState
 
 from errors import UsageError
 from sweeper import conditions as conditions_mod, secrets, space as space_mod
+from sweeper.records import (BASELINE, CONCURRENT, CONFIG_DIGEST, INTERRUPTED, LAUNCHED, OVERRIDES, REPEAT_OF,
+                             WARM_START_FROM)
 from sweeper.sampler import is_placeholder
 from sweeper.stores import sqlite_path
 
 log = logging.getLogger(__name__)
 
-BASELINE = "baseline"
-COPIED = "warm_start_from"
 # A copy keeps what the sampler and a reader use, not the source run's bookkeeping.
-NOT_COPIED = ("launched", "overrides", "interrupted", "repeat_of", "concurrent", "config_digest")
+NOT_COPIED = (LAUNCHED, OVERRIDES, INTERRUPTED, REPEAT_OF, CONCURRENT, CONFIG_DIGEST)
 
 
 class Starts:
@@ -102,7 +102,7 @@ def _copy(trial, space, label):
     if any(not space_mod.fits(k, space[k], v) for k, v in trial.params.items()):
         return None
     attrs = {k: v for k, v in trial.user_attrs.items() if k not in NOT_COPIED}
-    attrs[COPIED] = label
+    attrs[WARM_START_FROM] = label
     system = {k: v for k, v in trial.system_attrs.items() if k == "constraints"}
     return optuna.trial.create_trial(
         state=trial.state, params=dict(trial.params), distributions={k: space[k] for k in trial.params},
@@ -113,7 +113,7 @@ def _copy(trial, space, label):
 def warm_start(study, starts, space):
     """Copy the source study's finished trials into `study` (once: a resumed study is not copied into again).
     Returns (copied, skipped), or None when there was nothing to do."""
-    if not starts.source_name or study.user_attrs.get(COPIED):
+    if not starts.source_name or study.user_attrs.get(WARM_START_FROM):
         return None
     source = optuna.load_study(study_name=starts.source_name, storage=starts.source_url)
     copies, skipped = [], 0
@@ -129,7 +129,7 @@ def warm_start(study, starts, space):
         else:
             copies.append(copy)
     study.add_trials(copies)
-    study.set_user_attr(COPIED, starts.source_name)
+    study.set_user_attr(WARM_START_FROM, starts.source_name)
     return len(copies), skipped
 
 
@@ -138,7 +138,7 @@ def enqueue(study, starts):
     queued = 0
     for entry in starts.entries:
         key = space_mod.params_key(entry)
-        if any(t.user_attrs.get(BASELINE) and not t.user_attrs.get(COPIED) and space_mod.params_key(
+        if any(t.user_attrs.get(BASELINE) and not t.user_attrs.get(WARM_START_FROM) and space_mod.params_key(
                 {k: t.params.get(k, t.system_attrs.get("fixed_params", {}).get(k)) for k in entry}) == key
                for t in study.get_trials(deepcopy=False)):
             continue

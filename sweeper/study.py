@@ -13,12 +13,10 @@ from optuna.trial import TrialState
 
 from errors import UsageError
 from sweeper import compat, job as job_api, secrets, signals
+from sweeper.records import CONFIRM_OF, FAIL_REASON, HEARTBEAT, INTERRUPTED, WARM_START_FROM
 from sweeper.stores import open_storage
 
 log = logging.getLogger(__name__)
-
-
-CONFIRM_OF = "confirm_of"  # user attr of a confirmation run (sweeper/confirm.py): the search trial it retrains
 
 
 def is_confirmation(trial):
@@ -39,9 +37,9 @@ def trained_trials(trials):
     """Launched search trials that ended: COMPLETE, PRUNED, or FAIL with the job's reason (crashed, diverged, no
     number). Confirmation runs (sweeper/confirm.py) and trials copied from another study (warm start,
     sweeper/starts.py) are not search trials of this sweep: n_trials does not count them."""
-    return [t for t in trials if not is_confirmation(t) and "warm_start_from" not in t.user_attrs
+    return [t for t in trials if not is_confirmation(t) and WARM_START_FROM not in t.user_attrs
             and (t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                 or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))]
+                 or (t.state == TrialState.FAIL and FAIL_REASON in t.user_attrs))]
 
 
 def tell(study, number, **kwargs):
@@ -68,19 +66,16 @@ def set_attrs(trial, attrs):
         return False
 
 
-# A journal's heartbeat: a trial system attr, the beating worker's wall-clock time. Readers never compare it with
-# their own clock (machines may disagree): a beat is stale once its value has not changed for grace_period.
-HEARTBEAT_ATTR = "sweeper:heartbeat"
-
-
 def beats(storage):
     """Whether trials in `storage` get heartbeats: Optuna's own in a database, the sweeper's in a journal."""
     return isinstance(storage, (optuna.storages.RDBStorage, optuna.storages.JournalStorage))
 
 
+# A journal's heartbeat (HEARTBEAT): a trial system attr, the beating worker's wall-clock time. Readers never compare
+# it with their own clock (machines may disagree): a beat is stale once its value has not changed for grace_period.
 def record_heartbeat(storage, trial_id):
     if isinstance(storage, optuna.storages.JournalStorage):
-        storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
     else:
         storage.record_heartbeat(trial_id)
 
@@ -193,7 +188,7 @@ class StudyStore:
             held = dict(self.heartbeats.held)
         for trial_id, number in held.items():
             try:
-                self.storage.set_trial_user_attr(trial_id, "interrupted", True)
+                self.storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
             except Exception:  # noqa: BLE001 - closed by another process meanwhile: its verdict stands
                 continue
             if number is not None and tell(study, number, state=TrialState.FAIL):
@@ -224,7 +219,7 @@ class StudyStore:
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
             if trial_id in self.heartbeats.held:
                 continue
-            beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+            beat = trial.system_attrs.get(HEARTBEAT)
             previous = self.beat_seen.get(trial_id)
             seen[trial_id] = previous if previous is not None and previous[0] == beat else (beat, now)
             if now - seen[trial_id][1] >= grace:
@@ -267,7 +262,7 @@ class StudyStore:
             value = ret.return_value  # re-raises the job's exception
         except Exception as err:  # noqa: BLE001 - every job error is recorded, then judged by max_failure_rate
             reason = secrets.mask_url(f"{type(err).__name__}: {err}")[:1000]
-            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
+            self.close(study, proposal, TrialState.FAIL, attrs={FAIL_REASON: reason})
             log.warning(f"  trial #{proposal.number} failed: {reason}")
             return f"#{proposal.number} {reason.strip().splitlines()[0]}"
         if isinstance(value, job_api.Pruned):
@@ -276,13 +271,13 @@ class StudyStore:
             return None
         if isinstance(value, job_api.Failed):
             reason = secrets.mask_url(str(value.reason))[:1000]
-            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason})
+            self.close(study, proposal, TrialState.FAIL, attrs={FAIL_REASON: reason})
             log.warning(f"  trial #{proposal.number} failed: {reason}")
             return None
         values = self.numbers(value, len(directions))
         if values is None:
             reason = (f"the job returned {value!r}, not {'a number' if len(directions) == 1 else f'{len(directions)} numbers'}")
-            self.close(study, proposal, TrialState.FAIL, attrs={"fail_reason": reason[:1000]})
+            self.close(study, proposal, TrialState.FAIL, attrs={FAIL_REASON: reason[:1000]})
             log.warning(f"  trial #{proposal.number}: {reason}; recorded as FAIL, the sweep goes on")
             return None
         self.close(study, proposal, TrialState.COMPLETE, values=values)

@@ -10,9 +10,9 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper import compat, mlflow_store, secrets
+from sweeper.records import (ERROR, FAIL_REASON, INTERRUPTED, LAUNCHED, MLFLOW_PARENT_RUN_ID, MODEL_URI, PARENT_RUN,
+                             REGISTERED_MODEL, STUDY_NAME, SWEEP, TRIAL_NUMBER, TRIAL_STATE)
 from sweeper.stores import open_storage
-
-PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attr naming its MLflow parent run
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Tracking:
             return None
         experiment_id = self.open()
         attrs, study_id = self._study_attrs(study, storage)
-        stored = attrs.get_study_user_attrs(study_id).get(PARENT_ATTR)
+        stored = attrs.get_study_user_attrs(study_id).get(MLFLOW_PARENT_RUN_ID)
         for _ in range(5):  # each pass either returns or sees another worker's newer write
             if stored and mlflow_store.is_active(self.client, stored):
                 self.client.update_run(stored, status="RUNNING")
@@ -63,14 +63,14 @@ class Tracking:
                             f"or the study was begun with another tracking URI): this sweep's runs go under a new "
                             f"parent run.")
             mine = self.client.create_run(experiment_id, run_name=f"sweep-{study.study_name}",
-                                          tags={"sweep": "parent", "study_name": study.study_name}).info.run_id
-            won = compat.swap_study_user_attr(attrs, study_id, PARENT_ATTR, stored, mine)
+                                          tags={SWEEP: "parent", STUDY_NAME: study.study_name}).info.run_id
+            won = compat.swap_study_user_attr(attrs, study_id, MLFLOW_PARENT_RUN_ID, stored, mine)
             if won == mine:
                 return mine
             self.client.delete_run(mine)  # another worker's candidate was set first
             log.info(f"Another worker created the study's MLflow parent run {won} a moment before: using it")
             stored = won
-        raise RuntimeError(f"the study's user attr {PARENT_ATTR} kept changing: {stored}")
+        raise RuntimeError(f"the study's user attr {MLFLOW_PARENT_RUN_ID} kept changing: {stored}")
 
     @staticmethod
     def _study_attrs(study, storage):
@@ -87,15 +87,15 @@ class Tracking:
         "name version N", or None when the trial's run logged no model."""
         import mlflow
         experiment_id = self.client.get_run(parent).info.experiment_id
-        runs = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' and "
-                                                        f"tags.trial_number = '{trial_number}'", max_results=10)
-        uris = [r.data.tags["model_uri"] for r in runs if r.data.tags.get("model_uri")]
+        runs = self.client.search_runs([experiment_id], f"tags.{PARENT_RUN} = '{parent}' and "
+                                                        f"tags.{TRIAL_NUMBER} = '{trial_number}'", max_results=10)
+        uris = [r.data.tags[MODEL_URI] for r in runs if r.data.tags.get(MODEL_URI)]
         if not uris:
             log.warning(f"register_best={self.register_as}: trial #{trial_number}'s run logged no model (model_uri tag)")
             return None
         mlflow.set_tracking_uri(secrets.reveal(self.uri))
         version = mlflow.register_model(uris[0], self.register_as)
-        self.client.set_tag(parent, "registered_model", f"{version.name}/{version.version}")
+        self.client.set_tag(parent, REGISTERED_MODEL, f"{version.name}/{version.version}")
         return f"{version.name} version {version.version}"
 
     def browse_hint(self, run_id):
@@ -116,12 +116,12 @@ class Tracking:
         under the study's parent and deletes its own. Returns the parent run to summarise on."""
         if not self.enabled or not run_id:
             return run_id
-        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs.get(PARENT_ATTR)
+        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs.get(MLFLOW_PARENT_RUN_ID)
         if not stored or stored == run_id or not mlflow_store.is_active(self.client, stored):
             return run_id
         moved = mlflow_store.children(self.client, run_id)
         for child in moved:
-            self.client.set_tag(child.info.run_id, "mlflow.parentRunId", stored)
+            self.client.set_tag(child.info.run_id, PARENT_RUN, stored)
         self.client.delete_run(run_id)
         log.info(f"Another worker's parent run {stored} is the study's: moved this worker's {len(moved)} trial "
                  f"runs under it and deleted {run_id}")
@@ -145,16 +145,16 @@ class Tracking:
         if not self.enabled or not parent:
             return
         failed = {str(t.number): t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                  if t.user_attrs.get("launched") and str(t.number) not in self.closed}
+                  if t.user_attrs.get(LAUNCHED) and str(t.number) not in self.closed}
         if not failed:
             return
         try:
             for run in mlflow_store.children(self.client, parent, running_only=True):
-                trial = failed.get(run.data.tags.get("trial_number"))
+                trial = failed.get(run.data.tags.get(TRIAL_NUMBER))
                 if trial is None:
                     continue
                 status, reason = dead_run_reason(trial)
-                mlflow_store.end_run(self.client, run.info.run_id, status, {"trial_state": "FAIL", "error": reason})
+                mlflow_store.end_run(self.client, run.info.run_id, status, {TRIAL_STATE: "FAIL", ERROR: reason})
                 log.info(f"  trial #{trial.number}: its MLflow run ended {status} ({reason})")
         except Exception as err:  # noqa: BLE001 - tried again at the next reaping and at the summary
             log.warning(f"could not end the MLflow runs of failed trials {sorted(failed, key=int)}: "
@@ -178,9 +178,9 @@ class _StudyAttrs:
 
 def dead_run_reason(trial):
     """(status, reason) for the MLflow run of a FAIL trial whose process could not end it."""
-    if "fail_reason" in trial.user_attrs:
-        return "FAILED", str(trial.user_attrs["fail_reason"])
-    if trial.user_attrs.get("interrupted"):
+    if FAIL_REASON in trial.user_attrs:
+        return "FAILED", str(trial.user_attrs[FAIL_REASON])
+    if trial.user_attrs.get(INTERRUPTED):
         return "KILLED", "interrupted: its sweep was stopped (Ctrl-C) during this trial"
     return "KILLED", ("interrupted: its worker stopped (killed?) during this trial; the study failed it once its "
                       "heartbeat was grace_period seconds old")

@@ -13,6 +13,7 @@ one-line messages.
 """
 from errors import DivergedError
 from sweeper.job import TrialPruned
+from sweeper.records import TRIAL_STATE
 from training import checkpoint
 
 
@@ -56,14 +57,14 @@ class RunContext:
             self.trial.close()
         if error is None:
             if self.trial is not None:
-                self._tag({"trial_state": "COMPLETE"})
+                self._tag({TRIAL_STATE: "COMPLETE"})
             self.tracker.end("FINISHED")
             if self.checkpoint_path and not self.keep_checkpoint:
                 checkpoint.remove(self.checkpoint_path)
             return False
         pruned = isinstance(error, TrialPruned)
         if self.trial is not None:
-            self._tag({"trial_state": "PRUNED" if pruned else "FAIL"})
+            self._tag({TRIAL_STATE: "PRUNED" if pruned else "FAIL"})
         if isinstance(error, DivergedError):
             self._tag({"diverged": "true"})
         # SystemExit inside a run: submitit's job wrapper after a SLURM preemption (it requeues the job, which

@@ -12,6 +12,7 @@ from data import make_loaders
 from models import build_model
 from sweeper import signals
 from sweeper.job import current_trial
+from sweeper.records import CHECKPOINT, MLFLOW_RUN_ID
 from training import checkpoint
 from training.progress import Progress
 from training.engine import Learner
@@ -65,7 +66,7 @@ def train(cfg, report):
             tracker, report, trial=trial, resumed=resumed, checkpoint_path=ckpt_path,
             keep_checkpoint=cfg.trainer.keep_checkpoint, system_metrics=wants(cfg.mlflow.system_metrics)) as run:
         if trial is not None:  # where an interrupted trial goes on from (sweeper/resume.py)
-            trial.record(checkpoint=str(ckpt_path), mlflow_run_id=run.run_id)
+            trial.record(**{CHECKPOINT: str(ckpt_path), MLFLOW_RUN_ID: run.run_id})
         if resumed:
             print(f"resuming after epoch {resumed['epoch']} from {ckpt_path}", flush=True)
             if trial is not None:

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from errors import TrackingError
 from sweeper import mlflow_store
 from sweeper.mlflow_store import check_reachable  # noqa: F401 - importable from here as before
+from sweeper.records import ERROR, MODEL_URI, PARENT_RUN, TRIAL_NUMBER
 from sweeper.secrets import mask_url, reveal
 
 RECORDS_FILE = "metrics.jsonl"
@@ -142,8 +143,8 @@ class Tracker:
         if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
             all_tags["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = str(parent_run_id)
-            all_tags["trial_number"] = str(trial_number)
+            all_tags[PARENT_RUN] = str(parent_run_id)
+            all_tags[TRIAL_NUMBER] = str(trial_number)
         run = mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id,
                                run_name=run_name or self.default_run_name(trial_number), tags=all_tags,
                                log_system_metrics=bool(system_metrics))
@@ -176,8 +177,8 @@ class Tracker:
         for row in history:
             if row["epoch"] not in logged:
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-        if "error" in client.get_run(self.run_id).data.tags:
-            client.delete_tag(self.run_id, "error")
+        if ERROR in client.get_run(self.run_id).data.tags:
+            client.delete_tag(self.run_id, ERROR)
         mlflow.set_tag("resumed_from_epoch", str(epoch))
 
     def log_epoch(self, row):
@@ -255,7 +256,7 @@ class Tracker:
                                             input_example=example, serialization_format=serialization,
                                             metadata=metadata,
                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], **extra)
-        mlflow.set_tag("model_uri", info.model_uri)
+        mlflow.set_tag(MODEL_URI, info.model_uri)
         return info.model_uri
 
     def set_tags(self, tags):
@@ -272,7 +273,7 @@ class Tracker:
         import mlflow
         try:
             if error is not None:
-                mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+                mlflow.set_tag(ERROR, f"{type(error).__name__}: {error}"[:5000])
         finally:  # the run is ended (and leaves the process's active-run stack) even when the tag cannot be written
             mlflow.end_run(status=status)
         if self.records and error is not None:
