@@ -102,8 +102,10 @@ def interrupts_at_waits(self):
 
     def on_signal(signum, frame):
         error = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if error is Terminated and _state["raised"]:
+            return  # ending already: a second SIGTERM must not cut the clean-up (as _handler)
         if self.waiting:
-            raise error
+            _raise(error)
         self.interrupt_pending, self.pending_error = True, error
 
     for number in taken:
@@ -115,12 +117,18 @@ def interrupts_at_waits(self):
             signal.signal(number, handler)
 
 
+def _raise(error):
+    if error is Terminated:
+        _state["raised"] = True  # what _handler checks once the taken handlers are back
+    raise error
+
+
 def wait(self, function, *args, **kwargs):
     """Run a wait (the pool's wait for a trial to end, a sleep) as the one place a held Ctrl-C is raised."""
     self.waiting = True
     try:
         if self.interrupt_pending:
-            raise getattr(self, "pending_error", KeyboardInterrupt)
+            _raise(getattr(self, "pending_error", KeyboardInterrupt))
         return function(*args, **kwargs)
     finally:
         self.waiting = False

@@ -285,3 +285,24 @@ def test_with_a_pool_ctrl_c_is_taken_at_a_wait_not_inside_a_storage_call():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_with_a_pool_a_second_sigterm_does_not_cut_the_clean_up():
+    """SLURM and shells forward SIGTERM more than once: after the first has been raised at a wait, the next ones,
+    inside the sweeper's signal block or after it, must not raise again in the middle of closing trials and runs."""
+    import os
+    import signal
+    from sweeper import signals
+    from sweeper.core import ConstrainedSweep
+    sweep = SimpleNamespace(pool=object())
+    with signals.terminate_as_interrupt():
+        with pytest.raises(signals.Terminated):
+            with ConstrainedSweep.interrupts_at_waits(sweep):
+                with pytest.raises(signals.Terminated):  # the first: raised at the wait
+                    ConstrainedSweep.wait(sweep, lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))
+                os.kill(os.getpid(), signal.SIGTERM)  # clean-up inside the block: ignored
+                time.sleep(0.05)
+                assert not sweep.interrupt_pending
+                raise signals.Terminated("the first, going up")
+        os.kill(os.getpid(), signal.SIGTERM)  # clean-up after the block, under the module's own handler: ignored
+        time.sleep(0.05)
