@@ -93,7 +93,9 @@ def check_devices(conf):
 
 
 # `dialect[+driver]://...` (SQLAlchemy), or `journal:<file>` (Optuna's JournalStorage on a shared file system).
-_DATABASE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\+[A-Za-z0-9_]+)?://")  # `sqlite://` alone: in memory
+_DATABASE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\+[A-Za-z0-9_]+)?://")
+# SQLite in memory: a database of one connection pool, so each job would open an empty one of its own.
+_SQLITE_IN_MEMORY = re.compile(r"^sqlite(\+[A-Za-z0-9_]+)?://(/(:memory:)?)?(\?.*)?$")
 
 
 def check_storage(conf):
@@ -108,6 +110,9 @@ def check_storage(conf):
         if not storage[len("journal:"):].strip():
             _fail("storage", storage, "journal: needs a file, e.g. journal:/shared/optuna.journal")
         return
+    if _SQLITE_IN_MEMORY.match(storage.strip()):
+        _fail("storage", storage, "an in-memory SQLite database is one process's: its jobs could not report to it; "
+                                  "use sqlite:///<file> (e.g. sqlite:///optuna.db), or null for this process's memory")
     if not _DATABASE_URL.match(storage):
         # No scheme, so mask_url does not see the password in `user:password@host`: hide it here.
         _fail("storage", re.sub(r":[^:@/]*@", ":***@", storage), allowed)

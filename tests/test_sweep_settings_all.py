@@ -106,3 +106,23 @@ def test_every_sweep_setting_that_cannot_work_is_one_line_before_the_first_trial
 def test_a_password_in_a_storage_url_of_the_wrong_form_is_masked(tmp_path):
     result = run_app(app(tmp_path, "constrained_optuna"), "hydra.sweeper.storage=user:Pw-secret-9@db/optuna")
     assert result.returncode == 2 and "Pw-secret-9" not in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("storage, refused", [
+    ("sqlite://", True), ("sqlite:///:memory:", True), ("sqlite+pysqlite://", True),
+    ("sqlite:///optuna.db", False), ("sqlite:////shared/optuna.db", False), ("journal:/shared/o.journal", False),
+    (None, False),
+])
+def test_an_in_memory_sqlite_storage_is_refused_in_one_line(storage, refused):
+    """Each job opens the storage URL again: in-memory SQLite would give every job an empty database of its own."""
+    from types import SimpleNamespace
+
+    from sweeper import settings
+    from sweeper.core import UsageError
+    if not refused:
+        settings.check_storage(SimpleNamespace(storage=storage))
+        return
+    with pytest.raises(UsageError) as error:
+        settings.check_storage(SimpleNamespace(storage=storage))
+    assert str(error.value).startswith(f"hydra.sweeper.storage={storage}: an in-memory SQLite database")
+    assert "\n" not in str(error.value)
