@@ -202,3 +202,17 @@ def served_sweep(mlflow_server, micro_cifar, tmp_path_factory):
     experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=sweeps")["experiment"]["experiment_id"]
     return SimpleNamespace(folder=folder, study="served", optuna_db=folder / "optuna.db", experiment_id=experiment,
                            result=result)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """ONE throwaway PostgreSQL cluster for the session (tests/faultkit.py's Postgres); each test makes a role and
+    databases of its own in it. Skipped with the reason when PostgreSQL is not installed."""
+    from tests.faultkit import Postgres, free_port, postgres_bin
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
+    server = Postgres(free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()

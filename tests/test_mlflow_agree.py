@@ -14,25 +14,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.faultkit import (REPO, Postgres, fresh_sqlite_store, free_port, postgres_bin, sweep_args, train_env,
-                            write_cifar)
+from tests.faultkit import REPO, fresh_sqlite_store, sweep_args, train_env
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_cifar(tmp_path_factory.mktemp("cifar"))
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
-    server = Postgres(free_port()).start()
-    try:
-        server.create_role("agree", "pw")
-        yield server
-    finally:
-        server.stop()
+def data(micro_cifar):
+    return micro_cifar
 
 
 def test_the_parent_attr_is_set_once_by_compare_and_set(tmp_path):
@@ -49,7 +36,8 @@ def test_the_parent_attr_is_set_once_by_compare_and_set(tmp_path):
 
 
 START_TOGETHER = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1)  # a worker still alive at the deadline prints where it waits
 import optuna
 from sweeper.stores import open_storage
 from sweeper.tracking import Tracking
@@ -69,22 +57,25 @@ def test_workers_starting_together_on_a_fresh_study_share_one_parent_run(postgre
     # Before, each worker read "no parent yet", created one and wrote it (an upsert): two or more parents,
     # and a worker killed before its end left its own parent RUNNING. Fresh databases, so the tables of both
     # stores are also created by several processes at once (3 of 4 failed that way, exit 2).
-    for database in ("optuna", "mlflow"):
+    postgres.create_role("agree", "pw")  # the session's cluster: a role and databases of this test's own
+    for database in ("agree_optuna", "agree_mlflow"):
         postgres.create_database(database, owner="agree")
-    storage, tracking = postgres.url("optuna", "agree", "pw"), postgres.url("mlflow", "agree", "pw")
+    storage, tracking = postgres.url("agree_optuna", "agree", "pw"), postgres.url("agree_mlflow", "agree", "pw")
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     workers = 3
     procs = [subprocess.Popen([sys.executable, "-c", START_TOGETHER, storage, tracking, str(barrier), f"w{i}",
                                str(workers)], cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(workers)]
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 120  # 5-12 s each on a loaded 2-core machine
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         if any(p.returncode for p in procs):  # one died: the others would wait at the barrier for ever
             break
         time.sleep(0.2)
     for p in procs:
         if p.poll() is None:
+            p.send_signal(signal.SIGUSR1)  # its stack, in the assertion's output below
+            time.sleep(1)
             p.kill()
     outputs = [p.communicate()[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * workers, "\n".join(o[-2000:] for o in outputs)

@@ -14,27 +14,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.faultkit import (REPO, Postgres, fresh_sqlite_store, free_port, postgres_bin, sweep_args, tiny_overrides,
-                            train_env, write_cifar)
+from tests.faultkit import REPO, fresh_sqlite_store, sweep_args, tiny_overrides, train_env
 
 # Short heartbeats so a killed trial is recognised as dead within seconds (defaults: 10 s / 60 s).
 FAST_HEARTBEAT = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_cifar(tmp_path_factory.mktemp("cifar"))
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
-    server = Postgres(free_port()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def data(micro_cifar):
+    return micro_cifar
 
 
 def launch(args, cwd):
