@@ -35,10 +35,13 @@ def postgres():
         server.stop()
 
 
-def test_the_parent_attr_is_set_once_by_compare_and_set(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "memory"])
+def test_the_parent_attr_is_set_once_by_compare_and_set(tmp_path, kind):
     from sweeper.compat import swap_study_user_attr
     from sweeper.stores import open_storage
-    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    storage = {"sqlite": lambda: open_storage(f"sqlite:///{tmp_path}/optuna.db"),
+               "journal": lambda: open_storage(f"journal:{tmp_path}/optuna.journal"),
+               "memory": optuna.storages.InMemoryStorage}[kind]()
     study = optuna.create_study(study_name="cas", storage=storage)
     study_id = storage.get_study_id_from_name("cas")
     assert swap_study_user_attr(storage, study_id, "k", None, "first") == "first"
