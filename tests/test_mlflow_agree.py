@@ -51,6 +51,19 @@ def test_the_parent_attr_is_set_once_by_compare_and_set(tmp_path, kind):
     assert study.user_attrs["k"] == "fourth"
 
 
+def test_a_journals_parent_run_goes_through_the_compare_and_set(tmp_path):
+    # The sweep hands parent_run its storage object (sweeper/core.py); on a journal the swap finds the file,
+    # and its lock, through sweeper/stores.py. A worker that comes later (here by URL) reuses the parent.
+    from sweeper.stores import open_storage
+    from sweeper.tracking import Tracking
+    url = f"journal:{tmp_path}/optuna.journal"
+    study = optuna.create_study(study_name="j", storage=open_storage(url))
+    settings = {"tracking_uri": fresh_sqlite_store(tmp_path), "experiment": "agree"}
+    first = Tracking(settings).parent_run(study, open_storage(url))
+    assert Tracking(settings).parent_run(study, url) == first == study.user_attrs["mlflow_parent_run_id"]
+    assert not list(tmp_path.glob("optuna.journal*.lock"))  # the swap's lock file is gone once it is done
+
+
 START_TOGETHER = """
 import os, sys, time
 import optuna
