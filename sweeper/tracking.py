@@ -120,7 +120,8 @@ class Tracking:
         summarise on."""
         if not self.enabled or not run_id:
             return run_id
-        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs.get(MLFLOW_PARENT_RUN_ID)
+        attrs, study_id = self._study_attrs(study, storage)  # a URL (a journal's too) or the sweep's storage object
+        stored = attrs.get_study_user_attrs(study_id).get(MLFLOW_PARENT_RUN_ID)
         if not stored or stored == run_id or not mlflow_store.is_active(self.client, stored):
             return run_id
         moved = mlflow_store.children(self.client, run_id)

@@ -60,7 +60,9 @@ def test_a_journals_parent_run_goes_through_the_compare_and_set(tmp_path):
     study = optuna.create_study(study_name="j", storage=open_storage(url))
     settings = {"tracking_uri": fresh_sqlite_store(tmp_path), "experiment": "agree"}
     first = Tracking(settings).parent_run(study, open_storage(url))
-    assert Tracking(settings).parent_run(study, url) == first == study.user_attrs["mlflow_parent_run_id"]
+    later = Tracking(settings)
+    assert later.parent_run(study, url) == first == study.user_attrs["mlflow_parent_run_id"]
+    assert later.settle(study, url, first) == first  # read by URL as well
     assert not list(tmp_path.glob("optuna.journal*.lock"))  # the swap's lock file is gone once it is done
 
 
