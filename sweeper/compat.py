@@ -13,7 +13,9 @@
   killed between creating its trial and its first heartbeat would leave a trial that is never failed.
 - the same two, and `StudyUserAttributeModel`: `swap_study_user_attr`, a compare-and-set of a study user attr
   that the database makes atomic (its unique key on study and attr; an UPDATE ... WHERE value = expected).
-  `Study.set_user_attr` is an upsert, so two workers that each read "absent" and write both "win".
+  `Study.set_user_attr` is an upsert, so two workers that each read "absent" and write both "win". On a
+  JournalStorage the swap needs no private name: it holds Optuna's public `JournalFileOpenLock` on
+  `<journal>.swap` (the file `<journal>.swap.lock`) around re-read, compare and write.
 
 Everything else is public API: `Trial.suggest_float` / `suggest_int` / `suggest_categorical` with a
 distribution's own fields (sweeper/space.py: suggest) instead of `Trial._suggest`;
@@ -77,14 +79,41 @@ def running_without_heartbeat(storage, study_id):
 
 def swap_study_user_attr(storage, study_id, key, expected, value):
     """Set study user attr `key` to `value` only if it holds `expected` now (None: it is absent), atomically
-    for every process on an RDBStorage; returns what the attr holds afterwards (`value` when this call won)."""
-    import json
+    for every process on an RDBStorage or a journal; returns what the attr holds afterwards (`value` when this
+    call won).
 
-    import sqlalchemy.exc
+    A database makes it atomic (the attr table's unique key; an UPDATE ... WHERE value = expected). A journal
+    (sweeper/stores.py: open_storage) has no such key: the swap holds an exclusive lock file beside it,
+    `<journal>.swap.lock` (Optuna's JournalFileOpenLock: O_EXCL, NFSv3 and later; one left by a killed process
+    is broken after 30 s), while it re-reads the attr (JournalStorage replays the file's new entries on every
+    read, so it sees other processes' writes), compares and appends. Every swap on that journal takes the same
+    lock, so no other swap writes between this one's read and its write. Not the backend's own lock, which the
+    append takes. In this process's memory, this process is the only writer: read, then write."""
+    if isinstance(storage, optuna.storages.JournalStorage):
+        from optuna.storages.journal import JournalFileOpenLock
+
+        from sweeper.stores import journal_file
+        path = journal_file(storage)
+        if path is None:
+            raise ValueError("swap_study_user_attr: a JournalStorage that sweeper.stores.open_storage did not open "
+                             "(its file, and so its lock, is unknown)")
+        lock = JournalFileOpenLock(path + ".swap")
+        lock.acquire()
+        try:
+            held = storage.get_study_user_attrs(study_id).get(key)
+            if held == expected:
+                storage.set_study_user_attr(study_id, key, value)
+                held = value
+        finally:
+            lock.release()
+        return held
     if not isinstance(storage, optuna.storages.RDBStorage):  # in memory: this process is the only writer
         if storage.get_study_user_attrs(study_id).get(key) == expected:
             storage.set_study_user_attr(study_id, key, value)
         return storage.get_study_user_attrs(study_id).get(key)
+    import json
+
+    import sqlalchemy.exc
     from optuna.storages._rdb import models
     session = storage.scoped_session()
     try:

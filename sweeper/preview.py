@@ -5,7 +5,7 @@ import statistics
 import optuna
 
 from sweeper import secrets, starts
-from sweeper.stores import sqlite_path
+from sweeper.stores import journal_path, loadable, sqlite_path
 from sweeper.study import StudyStore
 
 
@@ -71,11 +71,11 @@ def _num(value):
 def existing_trials(storage, study_name):
     """Finished trials of the study in its storage, read only; none if the storage or the study does not exist."""
     url = secrets.reveal(storage)
-    path = sqlite_path(url)
-    if not url or (path is not None and not os.path.exists(path)):
+    path = sqlite_path(url) or journal_path(url)
+    if not url or (path is not None and not os.path.exists(path)):  # opening it would create the file
         return []
     try:
-        found = optuna.load_study(study_name=study_name, storage=url)
+        found = optuna.load_study(study_name=study_name, storage=loadable(url))
     except Exception:  # noqa: BLE001 - no such study (yet), or a server not reachable: a fresh preview
         return []
     return [t for t in found.get_trials(deepcopy=False) if t.state.is_finished()]

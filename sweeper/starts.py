@@ -2,7 +2,7 @@
 
     enqueue: [{model.dropout: 0.05}, {model.dropout: 0.2, model.width_mult: 0.75}]
     warm_start: family-search-v1                     # a study in the same storage
-    warm_start: sqlite:///old.db#family-search-v1    # or <storage URL>#<study>
+    warm_start: sqlite:///old.db#family-search-v1    # or <storage URL>#<study> (journal:<file>#<study> too)
 
 Each `enqueue` entry is a mapping of search keys to values, run first in its order (Optuna's enqueue_trial:
 keys it leaves out are drawn as usual) and tagged `baseline` (user attr, and the MLflow run's tag). A
@@ -27,7 +27,7 @@ from sweeper import conditions as conditions_mod, secrets, space as space_mod
 from sweeper.records import (BASELINE, CONCURRENT, CONFIG_DIGEST, INTERRUPTED, LAUNCHED, OVERRIDES, REPEAT_OF,
                              WARM_START_FROM)
 from sweeper.sampler import is_placeholder
-from sweeper.stores import sqlite_path
+from sweeper.stores import journal_path, loadable, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,12 @@ def check(conf, space):
     if path is not None and not os.path.exists(path):  # load_study would create an empty database there
         raise UsageError(f"hydra.sweeper.warm_start={secrets.mask_url(str(warm))}: no database at {path}: "
                          f"give a study of the same storage, or <storage URL>#<study>")
+    path = journal_path(real)
+    if path is not None and not os.path.exists(path):  # opening it would create an empty journal there
+        raise UsageError(f"hydra.sweeper.warm_start={secrets.mask_url(str(warm))}: no journal at {path}: "
+                         f"give a study of the same storage, or <storage URL>#<study>")
     try:
-        optuna.load_study(study_name=name, storage=real)
+        optuna.load_study(study_name=name, storage=loadable(real))
     except Exception as err:  # noqa: BLE001 - no such study, or a storage that cannot be read
         reason = secrets.mask_url(str(err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"hydra.sweeper.warm_start={secrets.mask_url(str(warm))}: cannot read study {name!r} "
@@ -115,7 +119,7 @@ def warm_start(study, starts, space):
     Returns (copied, skipped), or None when there was nothing to do."""
     if not starts.source_name or study.user_attrs.get(WARM_START_FROM):
         return None
-    source = optuna.load_study(study_name=starts.source_name, storage=starts.source_url)
+    source = optuna.load_study(study_name=starts.source_name, storage=loadable(starts.source_url))
     copies, skipped = [], 0
     for trial in source.get_trials(deepcopy=False):
         if not (trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or is_placeholder(trial)):

@@ -81,6 +81,21 @@ def journal_path(url):
     return os.path.abspath(os.path.expanduser(url[len(JOURNAL):]))
 
 
+def loadable(url):
+    """`url` as `optuna.load_study(storage=...)` takes it: for `journal:<file>`, which Optuna reads as no URL,
+    the journal's JournalStorage (open_storage); any other URL unchanged (Optuna opens it, and no lock file is
+    made beside a sqlite database: the preview writes nothing)."""
+    return open_storage(url) if journal_path(url) is not None else url
+
+
+def journal_file(storage):
+    """The file of a JournalStorage that open_storage opened in this process; None for any other storage."""
+    for key, opened in _storages.items():
+        if opened is storage and isinstance(key, str):
+            return journal_path(key)
+    return None
+
+
 def open_storage(url, heartbeat_interval=None, grace_period=None):
     """Optuna's RDBStorage for `url` (with heartbeats when an interval is given), one per process and URL; for
     `journal:<file>`, a JournalStorage on that file (no database, no server: workers share the file; its

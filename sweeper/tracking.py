@@ -43,9 +43,11 @@ class Tracking:
         """The study's one parent run: created by the first worker, reused by re-runs and other workers.
 
         Race-free: workers started in the same second on a fresh study each create a candidate run, and the
-        study's user attr `mlflow_parent_run_id` takes the first through a compare-and-set that the study's
-        database makes atomic (sweeper/compat.py: swap_study_user_attr, on the attr table's unique key). Every
-        other candidate is deleted at once and its worker uses the winner. (Set with `Study.set_user_attr`, an
+        study's user attr `mlflow_parent_run_id` takes the first through a compare-and-set that is atomic
+        across processes (sweeper/compat.py: swap_study_user_attr): a database makes it so on the attr table's
+        unique key; a journal, by a lock file beside it (`<journal>.swap.lock`) that every worker holds while it
+        re-reads the attr, compares and writes; in memory there is one worker. Every other candidate is deleted
+        at once and its worker uses the winner. (Set with `Study.set_user_attr`, an
         upsert, a worker that read "absent" before another wrote could overwrite it: each kept its own parent,
         and one killed before its end left a second parent RUNNING.) A stored parent that this store lacks
         (deleted, another tracking URI) is replaced by the same compare-and-set, expecting the stale id."""
@@ -111,12 +113,15 @@ class Tracking:
 
     def settle(self, study, storage, run_id):
         """The study's one parent run, once this worker's trials have ended. parent_run makes two parents
-        impossible among workers of this version; a study whose attr was overwritten anyway (an older worker,
-        a hand edit) is still reconciled: the worker whose parent the study does not keep moves its children
-        under the study's parent and deletes its own. Returns the parent run to summarise on."""
+        impossible among workers of this version, on a database and on a journal alike (its compare-and-set is
+        atomic on both: the attr table's unique key, the journal's lock file); a study whose attr was
+        overwritten anyway (an older worker, a hand edit) is still reconciled: the worker whose parent the study
+        does not keep moves its children under the study's parent and deletes its own. Returns the parent run to
+        summarise on."""
         if not self.enabled or not run_id:
             return run_id
-        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs.get(MLFLOW_PARENT_RUN_ID)
+        attrs, study_id = self._study_attrs(study, storage)  # a URL (a journal's too) or the sweep's storage object
+        stored = attrs.get_study_user_attrs(study_id).get(MLFLOW_PARENT_RUN_ID)
         if not stored or stored == run_id or not mlflow_store.is_active(self.client, stored):
             return run_id
         moved = mlflow_store.children(self.client, run_id)

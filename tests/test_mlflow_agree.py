@@ -22,10 +22,13 @@ def data(micro_cifar):
     return micro_cifar
 
 
-def test_the_parent_attr_is_set_once_by_compare_and_set(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "memory"])
+def test_the_parent_attr_is_set_once_by_compare_and_set(tmp_path, kind):
     from sweeper.compat import swap_study_user_attr
     from sweeper.stores import open_storage
-    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    storage = {"sqlite": lambda: open_storage(f"sqlite:///{tmp_path}/optuna.db"),
+               "journal": lambda: open_storage(f"journal:{tmp_path}/optuna.journal"),
+               "memory": optuna.storages.InMemoryStorage}[kind]()
     study = optuna.create_study(study_name="cas", storage=storage)
     study_id = storage.get_study_id_from_name("cas")
     assert swap_study_user_attr(storage, study_id, "k", None, "first") == "first"
@@ -33,6 +36,21 @@ def test_the_parent_attr_is_set_once_by_compare_and_set(tmp_path):
     assert swap_study_user_attr(storage, study_id, "k", "stale", "third") == "first"  # wrong expectation: lost
     assert swap_study_user_attr(storage, study_id, "k", "first", "fourth") == "fourth"
     assert study.user_attrs["k"] == "fourth"
+
+
+def test_a_journals_parent_run_goes_through_the_compare_and_set(tmp_path):
+    # The sweep hands parent_run its storage object (sweeper/core.py); on a journal the swap finds the file,
+    # and its lock, through sweeper/stores.py. A worker that comes later (here by URL) reuses the parent.
+    from sweeper.stores import open_storage
+    from sweeper.tracking import Tracking
+    url = f"journal:{tmp_path}/optuna.journal"
+    study = optuna.create_study(study_name="j", storage=open_storage(url))
+    settings = {"tracking_uri": fresh_sqlite_store(tmp_path), "experiment": "agree"}
+    first = Tracking(settings).parent_run(study, open_storage(url))
+    later = Tracking(settings)
+    assert later.parent_run(study, url) == first == study.user_attrs["mlflow_parent_run_id"]
+    assert later.settle(study, url, first) == first  # read by URL as well
+    assert not list(tmp_path.glob("optuna.journal*.lock"))  # the swap's lock file is gone once it is done
 
 
 START_TOGETHER = """

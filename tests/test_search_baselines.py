@@ -4,7 +4,7 @@ import pytest
 from optuna.trial import TrialState
 
 from errors import UsageError
-from sweeper import job as job_api, starts
+from sweeper import job as job_api, starts, stores
 from sweeper.study import trained_trials
 from tests.test_sweep_loop import deadline, launcher, make_sweep  # noqa: F401 - fixtures
 
@@ -44,9 +44,10 @@ def test_the_job_sees_the_baseline_tag(monkeypatch):
     assert job_api.current_trial().tags == {}
 
 
-def test_a_warm_start_copies_finished_trials_that_fit_before_the_first_proposal(tmp_path):
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    old = optuna.create_study(study_name="old", storage=storage, direction="maximize")
+@pytest.mark.parametrize("url", ["sqlite:///{}/optuna.db", "journal:{}/optuna.journal"])
+def test_a_warm_start_copies_finished_trials_that_fit_before_the_first_proposal(tmp_path, url):
+    storage = url.format(tmp_path)  # a journal's study is read through its JournalStorage (stores.loadable)
+    old = optuna.create_study(study_name="old", storage=stores.loadable(storage), direction="maximize")
     dists = {"x": optuna.distributions.CategoricalDistribution([1, 2, 3, 4, 8]),
              "lr": optuna.distributions.FloatDistribution(0.001, 0.1)}
     for x, value in ((1, 0.6), (2, 0.7), (8, 0.9)):  # x=8 is outside the new space
@@ -75,6 +76,8 @@ def test_a_warm_start_copies_finished_trials_that_fit_before_the_first_proposal(
     ({"enqueue": [5]}, "hydra.sweeper.enqueue[0]=5: must be a mapping of search keys to values"),
     ({"warm_start": "nope"}, "hydra.sweeper.warm_start=nope: cannot read study 'nope'"),
     ({"warm_start": "sqlite:////no/such/dir/x.db#s"}, "hydra.sweeper.warm_start=sqlite:////no/such/dir/x.db#s: no database"),
+    ({"warm_start": "journal:/no/such/dir/x.journal#s"},
+     "hydra.sweeper.warm_start=journal:/no/such/dir/x.journal#s: no journal at /no/such/dir/x.journal"),
 ])
 def test_starts_that_cannot_work_are_one_line(tmp_path, settings, message):
     sweep, study = make_sweep(tmp_path, *SPACE, **settings)

@@ -1,14 +1,17 @@
 """`hydra.sweeper.storage=journal:<file>`: Optuna's JournalStorage on one file, several workers, no server.
 The sweeper's own heartbeats (a trial system attr) cover it: a dead worker's trial is reaped, and two workers
 on one journal still train exactly n_trials. The app is a tiny Hydra function (no torch): seconds per run."""
+import datetime
+import json
 import subprocess
 import sys
 import time
+
 import optuna
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.faultkit import train_env
+from tests.faultkit import REPO, train_env
 
 APP = '''
 import time
@@ -53,8 +56,14 @@ def worker(folder, journal, name, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def load(journal):
-    return optuna.load_study(study_name="journal",
+def logged_at(out, text):
+    """When the worker logged its first line with `text` (Hydra's `[2026-01-31 12:00:00,123][HYDRA] ...`)."""
+    line = next(line for line in out.splitlines() if text in line)
+    return datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def load(journal, name="journal"):
+    return optuna.load_study(study_name=name,
                              storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
 
 
@@ -82,12 +91,59 @@ def test_a_dead_workers_trial_in_a_journal_is_reaped_and_its_slot_trained(tmp_pa
     orphan.set_user_attr("launched", True)
     orphan_id = journal_storage.get_trial_id_from_study_id_trial_number(journal_storage.get_study_id_from_name("journal"), orphan.number)
     journal_storage.set_trial_system_attr(orphan_id, "sweeper:heartbeat", time.time() - 3600)
-    started = time.monotonic()
     done = worker(folder, journal, "w", "hydra.sweeper.n_trials=2")
     out = done.communicate(timeout=180)[0]
     assert done.returncode == 0, out[-3000:]
-    assert f"trial #{orphan.number}: no heartbeat for 3s" in out
-    assert time.monotonic() - started > 3  # it waited grace_period on its own clock, not on the old timestamp
+    reaped = f"trial #{orphan.number}: no heartbeat for 3s"
+    assert reaped in out
+    # It waited grace_period on its own clock, from when it first saw the trial (after its first line): a reaper
+    # that compared the hour-old beat with its own time would fail the trial in its first loop, milliseconds in.
+    waited = (logged_at(out, reaped) - logged_at(out, "Study journal in")).total_seconds()
+    assert waited >= 2.9, out
     trials = load(journal).trials
     assert trials[orphan.number].state == TrialState.FAIL
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+SWAP_TOGETHER = """
+import os, sys, time
+from sweeper.compat import swap_study_user_attr
+from sweeper.stores import open_storage
+url, barrier, me, workers, keys = sys.argv[1:6]
+storage = open_storage(url)
+study_id = storage.get_study_id_from_name("cas")
+open(os.path.join(barrier, me), "w").close()  # go when every worker has the journal open
+while len(os.listdir(barrier)) < int(workers):
+    time.sleep(0.002)
+for i in range(int(keys)):
+    print(f"k{i}", swap_study_user_attr(storage, study_id, f"k{i}", None, me), flush=True)
+"""
+
+
+def test_workers_swapping_one_attr_of_a_journal_at_once_agree_on_one_winner(tmp_path):
+    # The compare-and-set that gives a study one MLflow parent run (sweeper/tracking.py: parent_run). Without
+    # its lock, each worker read "absent" and wrote its own value: several winners, each keeping its own parent.
+    journal, barrier, workers, keys = tmp_path / "optuna.journal", tmp_path / "barrier", 4, 20
+    barrier.mkdir()
+    optuna.create_study(study_name="cas", storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
+    procs = [subprocess.Popen([sys.executable, "-c", SWAP_TOGETHER, f"journal:{journal}", str(barrier), f"w{i}",
+                               str(workers), str(keys)], cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(workers)]
+    deadline = time.monotonic() + 120
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if any(p.returncode for p in procs):  # one died: the others would wait at the barrier for ever
+            break
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    outputs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers, "\n".join(o[-2000:] for o in outputs)
+    seen = [dict(line.split() for line in out.splitlines()) for out in outputs]
+    stored = load(journal, "cas").user_attrs
+    for i in range(keys):
+        assert {s[f"k{i}"] for s in seen} == {stored[f"k{i}"]}, (i, seen)  # every worker got the one winner
+    # Only the winner wrote: one entry per key in the journal, not one per worker.
+    written = [key for line in journal.read_text().splitlines() for key in json.loads(line).get("user_attr", {})]
+    assert sorted(written) == sorted(f"k{i}" for i in range(keys)), written
+    assert not list(tmp_path.glob("optuna.journal.swap.lock"))  # released

@@ -57,3 +57,20 @@ def test_a_command_line_space_with_invalid_values_against_an_existing_study(tmp_
     assert all("invalid: trainer.precision=fp64: use one of" in line for line in shown if "fp64" in line)
     assert hashlib.sha256((tmp_path / "optuna.db").read_bytes()).hexdigest() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db"]
+
+
+def test_the_preview_reads_a_journals_finished_trials_and_creates_no_journal(tmp_path):
+    from sweeper.preview import existing_trials
+    journal = tmp_path / "optuna.journal"
+    assert existing_trials(f"journal:{journal}", "tiny-search") == [] and not journal.exists()  # none made
+    study = optuna.create_study(study_name="tiny-search", direction="maximize",
+                                storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
+    dist = {"model.width_mult": optuna.distributions.CategoricalDistribution([1.0, 2.0])}
+    study.tell(study.ask(dist), 0.5)
+    study.ask(dist)  # still running: not a finished trial
+    before = hashlib.sha256(journal.read_bytes()).hexdigest()
+    found = existing_trials(f"journal:{journal}", "tiny-search")
+    assert [(t.number, t.values) for t in found] == [(0, [0.5])]
+    assert existing_trials(f"journal:{journal}", "no-such-study") == []
+    assert hashlib.sha256(journal.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.journal"]
