@@ -33,7 +33,8 @@ from errors import UsageError
 from sweeper import job as job_api
 from sweeper.propose import Proposal
 from sweeper.report import launched_overrides
-from sweeper.records import CONFIRM_OF, FAIL_REASON, OVERRIDES, PARENT_RUN, SEED, SEEDS, SWEEP, TRIAL_NUMBER
+from sweeper.records import (CONFIRM_OF, FAIL_REASON, LAUNCHED, OVERRIDES, PARENT_RUN, SEED, SEEDS, SWEEP,
+                             TRIAL_NUMBER, WARM_START_FROM)
 from sweeper.study import is_confirmation
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,11 @@ class Confirmation:
 
     # --- what to confirm ---------------------------------------------------------------------------
     def candidates(self, trials, direction):
-        """The top_k COMPLETE search trials, best first."""
-        done = [t for t in trials if t.state == TrialState.COMPLETE and not is_confirmation(t) and t.values]
+        """The top_k COMPLETE search trials that this sweep launched, best first. A warm start's copy of another
+        study's trial (sweeper/starts.py) is none of them, however well it scored: it has no overrides to retrain
+        with (its retraining would be the base config with a seed) and no run of this sweep."""
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(LAUNCHED) and t.values
+                and WARM_START_FROM not in t.user_attrs and not is_confirmation(t)]
         return sorted(done, key=lambda t: t.value, reverse=direction == "maximize")[:self.top_k]
 
     def seeds_of(self, sweep, trial):

@@ -13,7 +13,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sweeper.confirm import Confirmation
 from tests.faultkit import REPO, fresh_sqlite_store
+from tests.test_search_baselines import started
+from tests.test_sweep_loop import deadline, launcher, make_sweep  # noqa: F401 - fixtures
 
 # x=1 is lucky with the search's seed 0 (5.0) and poor with any other (1.0x); x=3 is 3.0x whatever the seed:
 # the search's best is x=1, the confirmed best x=3. A job run under a parent run logs itself there, as the
@@ -137,6 +140,32 @@ def test_confirmations_run_in_the_device_pool(folder):
     assert [s for s, _ in confirms] == [1, 2, 3]
     assert [v for _, v in confirms] == pytest.approx([1.01, 1.04, 1.09], rel=1e-9)  # x=1, the search's lucky one
     assert "best (confirmed over 3 seeds): trial #" in result.stdout and "value=1.0467 ± 0.0404" in result.stdout
+
+
+def test_a_warm_started_sweep_confirms_its_own_trials_not_the_copies(tmp_path, launcher):
+    """Copies of another study's trials (warm start) have no overrides to retrain with and no run of this
+    sweep: however well they scored, confirmation retrains the best of the trials this sweep launched."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    old = optuna.create_study(study_name="old", storage=storage, direction="maximize")
+    for x in (1, 2):
+        old.enqueue_trial({"x": x})
+        old.tell(old.ask({"x": optuna.distributions.CategoricalDistribution([1, 2, 3])}), 100.0 + x)
+    launcher.job = lambda overrides: float(next(o for o in overrides if o.startswith("x="))[2:])
+    sweep, study = started(tmp_path, "x=choice(1,2,3)", storage=storage, warm_start="old", n_trials=2)
+    sweep.loop(study)
+    copies = [t for t in study.trials if "warm_start_from" in t.user_attrs]
+    ours = [t for t in study.trials if t.user_attrs.get("launched")]
+    assert len(copies) == 2 and len(ours) == 2 and min(t.value for t in copies) > max(t.value for t in ours)
+    best = max(ours, key=lambda t: t.value)
+    outcome = Confirmation(top_k=1, seeds=2, seed_key="seed").run(sweep, study)
+    sweep.heartbeats.stop()
+    assert [row.trial.number for row in outcome.rows] == [best.number] and outcome.best.trial.number == best.number
+    confirms = [t for t in study.trials if "confirm_of" in t.user_attrs]
+    assert [(t.user_attrs["confirm_of"], t.user_attrs["seed"], t.state) for t in confirms] == [
+        (best.number, 1, TrialState.COMPLETE), (best.number, 2, TrialState.COMPLETE)]
+    x = f"x={best.params['x']}"
+    assert [t.user_attrs["overrides"] for t in confirms] == [[x, "seed=1"], [x, "seed=2"]]
+    assert outcome.best.values == [best.value, best.value]
 
 
 @pytest.mark.parametrize("overrides, line", [
