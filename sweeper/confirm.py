@@ -186,6 +186,8 @@ class Confirmation:
         wanted = {(number, seed) for number, seeds in plan.items() for seed in seeds}
         while True:
             sweep.store.fail_dead_trials(study)
+            if sweep.tracking is not None:  # ... and their MLflow runs, which their dead worker left RUNNING
+                sweep.tracking.close_interrupted(study, sweep.parent)
             trials = study.get_trials(deepcopy=False)
             todo, batch = self.todo(trials, chosen, plan), []
             while todo and runner.room(len(batch)):
