@@ -1,6 +1,7 @@
 """Confirmed winners (`hydra.sweeper.confirm`, sweeper/confirm.py): after the search the best top_k configurations
 are retrained with new seeds and the best is chosen by the mean, printed with ± std. A tiny Hydra app whose
 value depends on its `x` and `seed` stands in for training, so each sweep takes seconds."""
+import logging
 import os
 import re
 import statistics
@@ -13,7 +14,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sweeper import signals
 from sweeper.confirm import Confirmation
+from sweeper.tracking import Tracking
 from tests.faultkit import REPO, fresh_sqlite_store
 from tests.test_search_baselines import started
 from tests.test_sweep_loop import deadline, launcher, make_sweep  # noqa: F401 - fixtures
@@ -150,7 +153,7 @@ def test_a_warm_started_sweep_confirms_its_own_trials_not_the_copies(tmp_path, l
     for x in (1, 2):
         old.enqueue_trial({"x": x})
         old.tell(old.ask({"x": optuna.distributions.CategoricalDistribution([1, 2, 3])}), 100.0 + x)
-    launcher.job = lambda overrides: float(next(o for o in overrides if o.startswith("x="))[2:])
+    launcher.job = x_value
     sweep, study = started(tmp_path, "x=choice(1,2,3)", storage=storage, warm_start="old", n_trials=2)
     sweep.loop(study)
     copies = [t for t in study.trials if "warm_start_from" in t.user_attrs]
@@ -166,6 +169,61 @@ def test_a_warm_started_sweep_confirms_its_own_trials_not_the_copies(tmp_path, l
     x = f"x={best.params['x']}"
     assert [t.user_attrs["overrides"] for t in confirms] == [[x, "seed=1"], [x, "seed=2"]]
     assert outcome.best.values == [best.value, best.value]
+
+
+def x_value(overrides):
+    """A fake job's value: its x (a retraining without its configuration's overrides has none: it fails)."""
+    return float(next(o for o in overrides if o.startswith("x="))[2:])
+
+
+def tracked(tmp_path, launcher):
+    """A two-trial search in this process (fake launcher), then MLflow on as `run` opens it: the parent run."""
+    launcher.job = x_value
+    sweep, study = make_sweep(tmp_path, "x=choice(1,2,3)", n_trials=2)
+    sweep.loop(study)
+    sweep.tracking = Tracking({"tracking_uri": fresh_sqlite_store(tmp_path), "experiment": "e"})
+    sweep.parent = sweep.tracking.parent_run(study, sweep.storage)
+    return sweep, study
+
+
+def confirm_runs(sweep):
+    client = sweep.tracking.client
+    return client.search_runs([client.get_run(sweep.parent).info.experiment_id], "tags.sweep = 'confirm'")
+
+
+@pytest.mark.parametrize("method, what", [("create_run", "opened"), ("log_metric", "written")])
+def test_an_mlflow_error_in_confirmation_is_one_warning_and_the_sweep_goes_on(tmp_path, launcher, monkeypatch,
+                                                                               caplog, method, what):
+    sweep, study = tracked(tmp_path, launcher)
+    best = max((t for t in study.trials if t.user_attrs.get("launched")), key=lambda t: t.value)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("store down\nsecond line")
+    monkeypatch.setattr(sweep.tracking.client, method, refuse)
+    with caplog.at_level(logging.WARNING, logger="sweeper.confirm"):
+        outcome = Confirmation(top_k=1, seeds=2, seed_key="seed").run(sweep, study)
+    sweep.heartbeats.stop()
+    # The retrainings trained and are in the study; the outcome is the summary's, as without the error
+    assert outcome.best.trial.number == best.number and outcome.best.values == [best.value] * 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"confirmation of #{best.number}: its MLflow run could not be {what} (RuntimeError: store down); its "
+        f"retrainings are recorded in the study all the same, and the sweep goes on"]
+    # Its run, if the store made it, is FAILED, not left RUNNING
+    assert [r.info.status for r in confirm_runs(sweep)] == ([] if method == "create_run" else ["FAILED"])
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("bug"), "FAILED"), (KeyboardInterrupt(), "KILLED"),
+                                           (signals.Terminated("signal 15"), "KILLED")])
+def test_confirmation_runs_end_killed_only_when_the_sweep_is_stopped(tmp_path, launcher, monkeypatch, error, status):
+    sweep, study = tracked(tmp_path, launcher)
+
+    def stop(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(sweep.store, "record", stop)
+    with pytest.raises(type(error)):
+        Confirmation(top_k=1, seeds=1, seed_key="seed").run(sweep, study)
+    sweep.heartbeats.stop()
+    assert [r.info.status for r in confirm_runs(sweep)] == [status]
 
 
 @pytest.mark.parametrize("overrides, line", [
