@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from errors import UsageError
-from sweeper import job as job_api, secrets
+from sweeper import job as job_api, mlflow_store, secrets
 from sweeper.propose import Proposal
 from sweeper.report import launched_overrides
 from sweeper.records import (CONFIRM_OF, FAIL_REASON, LAUNCHED, OVERRIDES, PARENT_RUN, SEED, SEEDS, SWEEP,
@@ -318,8 +318,7 @@ class ConfirmRuns:
                     f"retrainings are recorded in the study all the same, and the sweep goes on")
 
     def _tag_children(self, client, run_id, row):
-        experiment_id = client.get_run(run_id).info.experiment_id
-        for child in client.search_runs([experiment_id], f"tags.{PARENT_RUN} = '{run_id}'", max_results=1000):
+        for child in mlflow_store.children(client, run_id):
             seed = row.runs.get(child.data.tags.get(TRIAL_NUMBER))
             if seed is not None:
                 client.set_tag(child.info.run_id, CONFIRM_OF, str(row.trial.number))
