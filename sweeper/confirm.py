@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from errors import UsageError
+from hydra_plugins.constrained_optuna_sweeper.constrained_optuna_sweeper import ConstrainedOptunaSweeperConf
 from sweeper import job as job_api, mlflow_store, secrets
 from sweeper.propose import Proposal
 from sweeper.report import launched_overrides
@@ -41,8 +42,13 @@ from sweeper.study import is_confirmation
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"top_k": 0, "seeds": 3, "seed_key": "seed"}
 _ABSENT = object()
+
+
+def defaults():
+    """hydra.sweeper.confirm's keys and defaults, as the plugin's dataclass holds them (only there:
+    sweeper/settings.py)."""
+    return ConstrainedOptunaSweeperConf().confirm
 
 
 def _count(key, value, least):
@@ -100,17 +106,19 @@ class Confirmation:
 
     @classmethod
     def from_settings(cls, raw, directions, base):
-        """hydra.sweeper.confirm checked before the first trial (one error line); None when it is off."""
+        """hydra.sweeper.confirm (the typed config's) checked before the first trial (one error line); None when
+        it is off. Composed by Hydra it has every key; keys a mapping leaves out (a sweep built from a dict, or
+        `confirm: null`) take the plugin dataclass's defaults."""
         if OmegaConf.is_config(raw):
             raw = OmegaConf.to_container(raw, resolve=True)
-        raw = {} if raw is None else raw
+        raw, known = ({} if raw is None else raw), defaults()
         if not isinstance(raw, dict):
-            raise UsageError(f"hydra.sweeper.confirm={raw}: must be a mapping with keys {', '.join(DEFAULTS)}")
-        unknown = sorted(set(raw) - set(DEFAULTS))
+            raise UsageError(f"hydra.sweeper.confirm={raw}: must be a mapping with keys {', '.join(known)}")
+        unknown = sorted(set(raw) - set(known))
         if unknown:
             raise UsageError(f"hydra.sweeper.confirm.{unknown[0]}={raw[unknown[0]]}: unknown key; allowed: "
-                             f"{', '.join(DEFAULTS)}")
-        values = {**DEFAULTS, **raw}
+                             f"{', '.join(known)}")
+        values = {**known, **raw}
         _count("top_k", values["top_k"], 0)
         _count("seeds", values["seeds"], 1)
         if values["top_k"] == 0:

@@ -9,12 +9,17 @@ import subprocess
 import sys
 import textwrap
 
+from dataclasses import fields
+
 import mlflow
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from sweeper import signals
+from hydra_plugins.constrained_optuna_sweeper.constrained_optuna_sweeper import ConstrainedOptunaSweeperConf
+
+from sweeper import settings, signals
 from sweeper.confirm import Confirmation
 from sweeper.tracking import Tracking
 from tests.faultkit import REPO, fresh_sqlite_store
@@ -224,6 +229,16 @@ def test_confirmation_runs_end_killed_only_when_the_sweep_is_stopped(tmp_path, l
         Confirmation(top_k=1, seeds=1, seed_key="seed").run(sweep, study)
     sweep.heartbeats.stop()
     assert [r.info.status for r in confirm_runs(sweep)] == [status]
+
+
+def test_confirm_keys_a_mapping_leaves_out_take_the_plugin_dataclass_defaults():
+    [field] = [f for f in fields(ConstrainedOptunaSweeperConf) if f.name == "confirm"]
+    default, base = field.default_factory(), OmegaConf.create({"seed": 5})
+    assert Confirmation.from_settings(settings.typed({}).confirm, ["maximize"], base) is None  # top_k 0: off
+    assert Confirmation.from_settings(None, ["maximize"], base) is None
+    confirmation = Confirmation.from_settings(settings.typed({"confirm": {"top_k": 2}}).confirm, ["maximize"], base)
+    assert (confirmation.top_k, confirmation.seeds, confirmation.seed_key) == (2, default["seeds"], default["seed_key"])
+    assert confirmation.base_seed == 5
 
 
 @pytest.mark.parametrize("overrides, line", [
