@@ -17,6 +17,8 @@ crash is a result); one in flight in another worker is waited for, and taken ove
 MLflow: under the sweep's parent run, one run per confirmed configuration (`confirm-#N`, tags `sweep=confirm`,
 `confirm_of=N`; metrics `<objective>_mean`, `<objective>_std`, `seeds_complete`, `search_<objective>`); each
 retraining's job run is its child (the job's parent run id is set per job) and is tagged `confirm_of`, `seed`.
+An MLflow store that refuses a configuration's run is one warning line, as at the summary: the retrainings are
+in the study all the same, the summary follows, and only that configuration's run lacks its results (FAILED).
 
 One objective only: a multi-objective sweep with top_k > 0 stops before the first trial with one error line.
 """
@@ -30,16 +32,23 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from errors import UsageError
-from sweeper import job as job_api
+from hydra_plugins.constrained_optuna_sweeper.constrained_optuna_sweeper import ConstrainedOptunaSweeperConf
+from sweeper import job as job_api, mlflow_store, secrets
 from sweeper.propose import Proposal
 from sweeper.report import launched_overrides
-from sweeper.records import CONFIRM_OF, FAIL_REASON, OVERRIDES, PARENT_RUN, SEED, SEEDS, SWEEP, TRIAL_NUMBER
+from sweeper.records import (CONFIRM_OF, FAIL_REASON, LAUNCHED, OVERRIDES, PARENT_RUN, SEED, SEEDS, SWEEP,
+                             TRIAL_NUMBER, WARM_START_FROM)
 from sweeper.study import is_confirmation
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"top_k": 0, "seeds": 3, "seed_key": "seed"}
 _ABSENT = object()
+
+
+def defaults():
+    """hydra.sweeper.confirm's keys and defaults, as the plugin's dataclass holds them (only there:
+    sweeper/settings.py)."""
+    return ConstrainedOptunaSweeperConf().confirm
 
 
 def _count(key, value, least):
@@ -97,17 +106,19 @@ class Confirmation:
 
     @classmethod
     def from_settings(cls, raw, directions, base):
-        """hydra.sweeper.confirm checked before the first trial (one error line); None when it is off."""
+        """hydra.sweeper.confirm (the typed config's) checked before the first trial (one error line); None when
+        it is off. Composed by Hydra it has every key; keys a mapping leaves out (a sweep built from a dict, or
+        `confirm: null`) take the plugin dataclass's defaults."""
         if OmegaConf.is_config(raw):
             raw = OmegaConf.to_container(raw, resolve=True)
-        raw = {} if raw is None else raw
+        raw, known = ({} if raw is None else raw), defaults()
         if not isinstance(raw, dict):
-            raise UsageError(f"hydra.sweeper.confirm={raw}: must be a mapping with keys {', '.join(DEFAULTS)}")
-        unknown = sorted(set(raw) - set(DEFAULTS))
+            raise UsageError(f"hydra.sweeper.confirm={raw}: must be a mapping with keys {', '.join(known)}")
+        unknown = sorted(set(raw) - set(known))
         if unknown:
             raise UsageError(f"hydra.sweeper.confirm.{unknown[0]}={raw[unknown[0]]}: unknown key; allowed: "
-                             f"{', '.join(DEFAULTS)}")
-        values = {**DEFAULTS, **raw}
+                             f"{', '.join(known)}")
+        values = {**known, **raw}
         _count("top_k", values["top_k"], 0)
         _count("seeds", values["seeds"], 1)
         if values["top_k"] == 0:
@@ -127,8 +138,11 @@ class Confirmation:
 
     # --- what to confirm ---------------------------------------------------------------------------
     def candidates(self, trials, direction):
-        """The top_k COMPLETE search trials, best first."""
-        done = [t for t in trials if t.state == TrialState.COMPLETE and not is_confirmation(t) and t.values]
+        """The top_k COMPLETE search trials that this sweep launched, best first. A warm start's copy of another
+        study's trial (sweeper/starts.py) is none of them, however well it scored: it has no overrides to retrain
+        with (its retraining would be the base config with a seed) and no run of this sweep."""
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(LAUNCHED) and t.values
+                and WARM_START_FROM not in t.user_attrs and not is_confirmation(t)]
         return sorted(done, key=lambda t: t.value, reverse=direction == "maximize")[:self.top_k]
 
     def seeds_of(self, sweep, trial):
@@ -163,8 +177,8 @@ class Confirmation:
         try:
             with sweep.interrupts_at_waits():
                 self.train(sweep, study, chosen, plan, runs)
-        except BaseException:
-            runs.finish("KILLED")
+        except BaseException as err:  # KILLED: Ctrl-C or SIGTERM (signals.Terminated); FAILED: anything else
+            runs.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
         outcome = self.outcome(study.get_trials(deepcopy=False), chosen, plan, str(sweep.directions[0]).lower())
         runs.record(outcome, sweep.conf.objective_names)
@@ -182,6 +196,8 @@ class Confirmation:
         wanted = {(number, seed) for number, seeds in plan.items() for seed in seeds}
         while True:
             sweep.store.fail_dead_trials(study)
+            if sweep.tracking is not None:  # ... and their MLflow runs, which their dead worker left RUNNING
+                sweep.tracking.close_interrupted(study, sweep.parent)
             trials = study.get_trials(deepcopy=False)
             todo, batch = self.todo(trials, chosen, plan), []
             while todo and runner.room(len(batch)):
@@ -243,52 +259,74 @@ class Confirmation:
 
 
 class ConfirmRuns:
-    """The MLflow side: one run per confirmed configuration under the parent run, found again on a rerun."""
+    """The MLflow side: one run per confirmed configuration under the parent run, found again on a rerun. A store
+    that refuses is one warning line per configuration, never the sweep's end: the results are in the study."""
 
     def __init__(self, tracking, parent):
         self.tracking, self.parent, self.ids = tracking, parent, {}
+        self.broken = set()  # configurations (search trial numbers) whose run the store refused: warned once
         self.enabled = bool(tracking is not None and tracking.enabled and parent and tracking.client is not None)
 
     def open(self, trial):
+        """The configuration's run id (created, or found again); None without MLflow or when the store refused
+        to make it (its retrainings' job runs then go under the parent run)."""
         if not self.enabled:
             return None
-        if trial.number not in self.ids:
-            client = self.tracking.client
-            experiment_id = client.get_run(self.parent).info.experiment_id
-            found = client.search_runs([experiment_id], f"tags.{PARENT_RUN} = '{self.parent}' and tags.{SWEEP} = "
-                                                        f"'confirm' and tags.{CONFIRM_OF} = '{trial.number}'")
-            if found:
-                run_id = found[0].info.run_id
-                client.update_run(run_id, status="RUNNING")
-            else:
-                run_id = client.create_run(experiment_id, run_name=f"confirm-#{trial.number}", tags={
-                    PARENT_RUN: self.parent, SWEEP: "confirm", CONFIRM_OF: str(trial.number)}).info.run_id
-                for key, value in trial.params.items():
-                    client.log_param(run_id, key, value)
-            self.ids[trial.number] = run_id
-        return self.ids[trial.number]
+        if trial.number not in self.ids and trial.number not in self.broken:
+            try:
+                self._open(trial)
+            except Exception as err:  # noqa: BLE001 - the retrainings still train and are recorded in the study
+                self._refused(trial, "could not be opened", err)
+        return self.ids.get(trial.number)
+
+    def _open(self, trial):
+        client = self.tracking.client
+        experiment_id = client.get_run(self.parent).info.experiment_id
+        found = client.search_runs([experiment_id], f"tags.{PARENT_RUN} = '{self.parent}' and tags.{SWEEP} = "
+                                                    f"'confirm' and tags.{CONFIRM_OF} = '{trial.number}'")
+        if found:
+            self.ids[trial.number] = found[0].info.run_id
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return
+        run_id = client.create_run(experiment_id, run_name=f"confirm-#{trial.number}", tags={
+            PARENT_RUN: self.parent, SWEEP: "confirm", CONFIRM_OF: str(trial.number)}).info.run_id
+        self.ids[trial.number] = run_id  # from now on it is ended, whatever happens next
+        for key, value in trial.params.items():
+            client.log_param(run_id, key, value)
 
     def record(self, outcome, names):
-        """Each configuration's mean, std and counts; its job runs tagged with their seed; then FINISHED."""
+        """Each configuration's mean, std and counts; its job runs tagged with their seed; then FINISHED (FAILED
+        for a configuration whose run the store refused)."""
         if not self.enabled:
             return
         client, name = self.tracking.client, ((names or [None])[0] or "value")
         for row in outcome.rows:
             run_id = self.open(row.trial)
-            metrics = {f"search_{name}": row.trial.value, "seeds_complete": len(row.values), "seeds_failed": row.failed}
-            if row.mean is not None:
-                metrics[f"{name}_mean"] = row.mean
-            if row.std is not None:
-                metrics[f"{name}_std"] = row.std
-            for key, value in metrics.items():
-                client.log_metric(run_id, key, float(value))
-            client.set_tag(run_id, SEEDS, ",".join(str(s) for s in row.seeds))
-            self._tag_children(client, run_id, row)
+            if run_id is None or row.trial.number in self.broken:
+                continue  # warned when it was refused
+            try:
+                metrics = {f"search_{name}": row.trial.value, "seeds_complete": len(row.values),
+                           "seeds_failed": row.failed}
+                if row.mean is not None:
+                    metrics[f"{name}_mean"] = row.mean
+                if row.std is not None:
+                    metrics[f"{name}_std"] = row.std
+                for key, value in metrics.items():
+                    client.log_metric(run_id, key, float(value))
+                client.set_tag(run_id, SEEDS, ",".join(str(s) for s in row.seeds))
+                self._tag_children(client, run_id, row)
+            except Exception as err:  # noqa: BLE001 - the results are in the study; the summary still follows
+                self._refused(row.trial, "could not be written", err)
         self.finish("FINISHED")
 
+    def _refused(self, trial, what, err):
+        self.broken.add(trial.number)
+        reason = (secrets.mask_url(str(err)).strip().splitlines() or [""])[0]
+        log.warning(f"confirmation of #{trial.number}: its MLflow run {what} ({type(err).__name__}: {reason}); its "
+                    f"retrainings are recorded in the study all the same, and the sweep goes on")
+
     def _tag_children(self, client, run_id, row):
-        experiment_id = client.get_run(run_id).info.experiment_id
-        for child in client.search_runs([experiment_id], f"tags.{PARENT_RUN} = '{run_id}'", max_results=1000):
+        for child in mlflow_store.children(client, run_id):
             seed = row.runs.get(child.data.tags.get(TRIAL_NUMBER))
             if seed is not None:
                 client.set_tag(child.info.run_id, CONFIRM_OF, str(row.trial.number))
@@ -297,8 +335,9 @@ class ConfirmRuns:
     def finish(self, status):
         if not self.enabled:
             return
-        for run_id in self.ids.values():
+        for number, run_id in self.ids.items():
+            ended = "FAILED" if status == "FINISHED" and number in self.broken else status
             try:
-                self.tracking.client.set_terminated(run_id, status=status)
+                self.tracking.client.set_terminated(run_id, status=ended)
             except Exception as err:  # noqa: BLE001 - never hide the error that ended the sweep
-                log.warning(f"could not mark the confirmation run {run_id} {status}: {err}")
+                log.warning(f"could not mark the confirmation run {run_id} {ended}: {err}")

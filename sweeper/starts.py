@@ -24,15 +24,17 @@ from optuna.trial import TrialState
 
 from errors import UsageError
 from sweeper import conditions as conditions_mod, secrets, space as space_mod
-from sweeper.records import (BASELINE, CONCURRENT, CONFIG_DIGEST, INTERRUPTED, LAUNCHED, OVERRIDES, REPEAT_OF,
-                             WARM_START_FROM)
+from sweeper.records import (BASELINE, CHECKPOINT, CONCURRENT, CONFIG_DIGEST, INTERRUPTED, LAUNCHED, MLFLOW_RUN_ID,
+                             OVERRIDES, REPEAT_OF, RESUMES, WARM_START_FROM)
 from sweeper.sampler import is_placeholder
 from sweeper.stores import journal_path, loadable, sqlite_path
 
 log = logging.getLogger(__name__)
 
-# A copy keeps what the sampler and a reader use, not the source run's bookkeeping.
-NOT_COPIED = (LAUNCHED, OVERRIDES, INTERRUPTED, REPEAT_OF, CONCURRENT, CONFIG_DIGEST)
+# A copy keeps what the sampler and a reader use, not the source run's bookkeeping: its launch, its job's checkpoint
+# and MLflow run, and trial numbers of the source study (`resumes=N` would mark this study's trial N as replaced).
+NOT_COPIED = (LAUNCHED, OVERRIDES, INTERRUPTED, REPEAT_OF, CONCURRENT, CONFIG_DIGEST, RESUMES, CHECKPOINT,
+              MLFLOW_RUN_ID)
 
 
 class Starts:

@@ -13,6 +13,7 @@ from sweeper import compat, mlflow_store, secrets
 from sweeper.records import (ERROR, FAIL_REASON, INTERRUPTED, LAUNCHED, MLFLOW_PARENT_RUN_ID, MODEL_URI, PARENT_RUN,
                              REGISTERED_MODEL, STUDY_NAME, SWEEP, TRIAL_NUMBER, TRIAL_STATE)
 from sweeper.stores import open_storage
+from sweeper.study import is_confirmation
 
 log = logging.getLogger(__name__)
 
@@ -144,17 +145,19 @@ class Tracking:
         its run is still RUNNING lost its process: a worker SIGKILLed (the reaper, StudyStore.fail_dead_trials,
         failed it once its heartbeat was grace_period old), a Ctrl-C (user attr `interrupted`), or a pool's
         trial process that died (user attr `fail_reason`). Its run ends KILLED (FAILED for a crash) with tag
-        trial_state=FAIL and the reason as tag `error`. The sweep's loop calls this right after each reaping, so
-        whichever worker reaps the trial closes its run; the summary calls it once more. Each failed trial is
-        looked up once per process; a store that refuses is one warning line, never the sweep's end."""
+        trial_state=FAIL and the reason as tag `error`. The trials are the search's launched ones and the
+        confirmation runs (sweeper/confirm.py), whose job runs are children of their configuration's run
+        (`sweep=confirm`) under the parent. The sweep's loop and the confirmation's call this right after each
+        reaping, so whichever worker reaps the trial closes its run; the summary calls it once more. Each failed
+        trial is looked up once per process; a store that refuses is one warning line, never the sweep's end."""
         if not self.enabled or not parent:
             return
         failed = {str(t.number): t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                  if t.user_attrs.get(LAUNCHED) and str(t.number) not in self.closed}
+                  if (t.user_attrs.get(LAUNCHED) or is_confirmation(t)) and str(t.number) not in self.closed}
         if not failed:
             return
         try:
-            for run in mlflow_store.children(self.client, parent, running_only=True):
+            for run in self._running_trial_runs(parent, any(map(is_confirmation, failed.values()))):
                 trial = failed.get(run.data.tags.get(TRIAL_NUMBER))
                 if trial is None:
                     continue
@@ -166,6 +169,16 @@ class Tracking:
                         f"{type(err).__name__}: {secrets.mask_url(str(err)).splitlines()[0] if str(err) else ''}")
             return
         self.closed |= set(failed)
+
+    def _running_trial_runs(self, parent, confirmations):
+        """The RUNNING job runs under `parent`, and (if asked) those under its confirmed configurations' runs."""
+        runs = list(mlflow_store.children(self.client, parent, running_only=True))
+        if confirmations:
+            experiment_id = self.client.get_run(parent).info.experiment_id
+            for group in self.client.search_runs([experiment_id], f"tags.{PARENT_RUN} = '{parent}' and "
+                                                                  f"tags.{SWEEP} = 'confirm'", max_results=10_000):
+                runs += mlflow_store.children(self.client, group.info.run_id, running_only=True)
+        return runs
 
 
 class _StudyAttrs:

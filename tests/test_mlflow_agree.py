@@ -141,6 +141,27 @@ def test_a_sigkilled_workers_trial_run_is_ended_by_the_worker_that_reaps_it(data
     assert len([r for r in runs if r.data.tags.get("sweep") == "parent"]) == 1
 
 
+def test_a_dead_workers_confirmation_run_is_ended_too(tmp_path):
+    """A confirmation run (sweeper/confirm.py: no `launched` attr, its job run a child of its configuration's
+    run `confirm-#N`) failed by the reaper has its run ended KILLED like a search trial's."""
+    from sweeper.tracking import Tracking
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="dead", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0, user_attrs={"launched": True}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"confirm_of": 0, "seed": 1}))
+    tracking = Tracking({"tracking_uri": fresh_sqlite_store(tmp_path), "experiment": "e"})
+    parent = tracking.parent_run(study, storage)
+    client = tracking.client
+    experiment_id = client.get_run(parent).info.experiment_id
+    group = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "sweep": "confirm",
+                                                   "confirm_of": "0"}).info.run_id
+    job = client.create_run(experiment_id, tags={"mlflow.parentRunId": group, "trial_number": "1"}).info.run_id
+    tracking.close_interrupted(study, parent)
+    run = client.get_run(job)
+    assert run.info.status == "KILLED" and run.data.tags["trial_state"] == "FAIL"
+    assert "its worker stopped" in run.data.tags["error"]
+
+
 def test_psycopgs_pipeline_echo_is_dropped_and_nothing_else(caplog):
     from sweeper.mlflow_store import quiet_pipeline_echo
     quiet_pipeline_echo()

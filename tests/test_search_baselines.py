@@ -69,6 +69,27 @@ def test_a_warm_start_copies_finished_trials_that_fit_before_the_first_proposal(
     again.heartbeats.stop()
 
 
+def test_a_warm_start_copy_carries_no_bookkeeping_of_the_source_run(tmp_path):
+    """Only what the sampler and a reader use is copied: a copied `resumes=<source number>` would make
+    sweeper/resume.py take this study's trial with that number as replaced, a copied checkpoint or MLflow run
+    id would point at the source run's files."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    old = optuna.create_study(study_name="old", storage=storage, direction="maximize")
+    dists = {"x": optuna.distributions.CategoricalDistribution([1, 2, 3, 4]),
+             "lr": optuna.distributions.FloatDistribution(0.001, 0.1)}
+    old.enqueue_trial({"x": 2, "lr": 0.01})
+    trial = old.ask(dists)
+    for key, value in {**{k: f"source {k}" for k in starts.NOT_COPIED}, "resumes": 0, "launched": True,
+                       "overrides": ["x=2", "lr=0.01"], "checkpoint": str(tmp_path / "last.pt"),
+                       "mlflow_run_id": "abc123", "params_m": 1.5}.items():
+        trial.set_user_attr(key, value)
+    old.tell(trial, 0.7)
+    sweep, study = started(tmp_path, *SPACE, storage=storage, warm_start="old")
+    [copy] = study.get_trials(deepcopy=False)
+    assert copy.user_attrs == {"params_m": 1.5, "warm_start_from": "old#0"}
+    sweep.heartbeats.stop()
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"enqueue": [{"y": 1}]}, "hydra.sweeper.enqueue[0].y=1: not a search key (the search keys: x, lr)"),
     ({"enqueue": [{"x": 5}]}, "hydra.sweeper.enqueue[0].x=5: outside the search space (x: 1, 2, 3, 4)"),

@@ -1,6 +1,7 @@
 """Confirmed winners (`hydra.sweeper.confirm`, sweeper/confirm.py): after the search the best top_k configurations
 are retrained with new seeds and the best is chosen by the mean, printed with ± std. A tiny Hydra app whose
 value depends on its `x` and `seed` stands in for training, so each sweep takes seconds."""
+import logging
 import os
 import re
 import statistics
@@ -8,12 +9,22 @@ import subprocess
 import sys
 import textwrap
 
+from dataclasses import fields
+
 import mlflow
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from hydra_plugins.constrained_optuna_sweeper.constrained_optuna_sweeper import ConstrainedOptunaSweeperConf
+
+from sweeper import settings, signals
+from sweeper.confirm import Confirmation
+from sweeper.tracking import Tracking
 from tests.faultkit import REPO, fresh_sqlite_store
+from tests.test_search_baselines import started
+from tests.test_sweep_loop import deadline, launcher, make_sweep  # noqa: F401 - fixtures
 
 # x=1 is lucky with the search's seed 0 (5.0) and poor with any other (1.0x); x=3 is 3.0x whatever the seed:
 # the search's best is x=1, the confirmed best x=3. A job run under a parent run logs itself there, as the
@@ -137,6 +148,97 @@ def test_confirmations_run_in_the_device_pool(folder):
     assert [s for s, _ in confirms] == [1, 2, 3]
     assert [v for _, v in confirms] == pytest.approx([1.01, 1.04, 1.09], rel=1e-9)  # x=1, the search's lucky one
     assert "best (confirmed over 3 seeds): trial #" in result.stdout and "value=1.0467 ± 0.0404" in result.stdout
+
+
+def test_a_warm_started_sweep_confirms_its_own_trials_not_the_copies(tmp_path, launcher):
+    """Copies of another study's trials (warm start) have no overrides to retrain with and no run of this
+    sweep: however well they scored, confirmation retrains the best of the trials this sweep launched."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    old = optuna.create_study(study_name="old", storage=storage, direction="maximize")
+    for x in (1, 2):
+        old.enqueue_trial({"x": x})
+        old.tell(old.ask({"x": optuna.distributions.CategoricalDistribution([1, 2, 3])}), 100.0 + x)
+    launcher.job = x_value
+    sweep, study = started(tmp_path, "x=choice(1,2,3)", storage=storage, warm_start="old", n_trials=2)
+    sweep.loop(study)
+    copies = [t for t in study.trials if "warm_start_from" in t.user_attrs]
+    ours = [t for t in study.trials if t.user_attrs.get("launched")]
+    assert len(copies) == 2 and len(ours) == 2 and min(t.value for t in copies) > max(t.value for t in ours)
+    best = max(ours, key=lambda t: t.value)
+    outcome = Confirmation(top_k=1, seeds=2, seed_key="seed").run(sweep, study)
+    sweep.heartbeats.stop()
+    assert [row.trial.number for row in outcome.rows] == [best.number] and outcome.best.trial.number == best.number
+    confirms = [t for t in study.trials if "confirm_of" in t.user_attrs]
+    assert [(t.user_attrs["confirm_of"], t.user_attrs["seed"], t.state) for t in confirms] == [
+        (best.number, 1, TrialState.COMPLETE), (best.number, 2, TrialState.COMPLETE)]
+    x = f"x={best.params['x']}"
+    assert [t.user_attrs["overrides"] for t in confirms] == [[x, "seed=1"], [x, "seed=2"]]
+    assert outcome.best.values == [best.value, best.value]
+
+
+def x_value(overrides):
+    """A fake job's value: its x (a retraining without its configuration's overrides has none: it fails)."""
+    return float(next(o for o in overrides if o.startswith("x="))[2:])
+
+
+def tracked(tmp_path, launcher):
+    """A two-trial search in this process (fake launcher), then MLflow on as `run` opens it: the parent run."""
+    launcher.job = x_value
+    sweep, study = make_sweep(tmp_path, "x=choice(1,2,3)", n_trials=2)
+    sweep.loop(study)
+    sweep.tracking = Tracking({"tracking_uri": fresh_sqlite_store(tmp_path), "experiment": "e"})
+    sweep.parent = sweep.tracking.parent_run(study, sweep.storage)
+    return sweep, study
+
+
+def confirm_runs(sweep):
+    client = sweep.tracking.client
+    return client.search_runs([client.get_run(sweep.parent).info.experiment_id], "tags.sweep = 'confirm'")
+
+
+@pytest.mark.parametrize("method, what", [("create_run", "opened"), ("log_metric", "written")])
+def test_an_mlflow_error_in_confirmation_is_one_warning_and_the_sweep_goes_on(tmp_path, launcher, monkeypatch,
+                                                                               caplog, method, what):
+    sweep, study = tracked(tmp_path, launcher)
+    best = max((t for t in study.trials if t.user_attrs.get("launched")), key=lambda t: t.value)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("store down\nsecond line")
+    monkeypatch.setattr(sweep.tracking.client, method, refuse)
+    with caplog.at_level(logging.WARNING, logger="sweeper.confirm"):
+        outcome = Confirmation(top_k=1, seeds=2, seed_key="seed").run(sweep, study)
+    sweep.heartbeats.stop()
+    # The retrainings trained and are in the study; the outcome is the summary's, as without the error
+    assert outcome.best.trial.number == best.number and outcome.best.values == [best.value] * 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"confirmation of #{best.number}: its MLflow run could not be {what} (RuntimeError: store down); its "
+        f"retrainings are recorded in the study all the same, and the sweep goes on"]
+    # Its run, if the store made it, is FAILED, not left RUNNING
+    assert [r.info.status for r in confirm_runs(sweep)] == ([] if method == "create_run" else ["FAILED"])
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("bug"), "FAILED"), (KeyboardInterrupt(), "KILLED"),
+                                           (signals.Terminated("signal 15"), "KILLED")])
+def test_confirmation_runs_end_killed_only_when_the_sweep_is_stopped(tmp_path, launcher, monkeypatch, error, status):
+    sweep, study = tracked(tmp_path, launcher)
+
+    def stop(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(sweep.store, "record", stop)
+    with pytest.raises(type(error)):
+        Confirmation(top_k=1, seeds=1, seed_key="seed").run(sweep, study)
+    sweep.heartbeats.stop()
+    assert [r.info.status for r in confirm_runs(sweep)] == [status]
+
+
+def test_confirm_keys_a_mapping_leaves_out_take_the_plugin_dataclass_defaults():
+    [field] = [f for f in fields(ConstrainedOptunaSweeperConf) if f.name == "confirm"]
+    default, base = field.default_factory(), OmegaConf.create({"seed": 5})
+    assert Confirmation.from_settings(settings.typed({}).confirm, ["maximize"], base) is None  # top_k 0: off
+    assert Confirmation.from_settings(None, ["maximize"], base) is None
+    confirmation = Confirmation.from_settings(settings.typed({"confirm": {"top_k": 2}}).confirm, ["maximize"], base)
+    assert (confirmation.top_k, confirmation.seeds, confirmation.seed_key) == (2, default["seeds"], default["seed_key"])
+    assert confirmation.base_seed == 5
 
 
 @pytest.mark.parametrize("overrides, line", [
