@@ -6,7 +6,6 @@ all the same.
 import logging
 import os
 
-import optuna
 from optuna.trial import TrialState
 
 from sweeper import compat, mlflow_store, secrets
