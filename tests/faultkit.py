@@ -97,6 +97,28 @@ def start_mlflow_server(folder, port):
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+def run_together(script, args_of, workers, timeout=120):
+    """`workers` processes of `python -c script *args_of(i)`, started at once (the script meets the others at a
+    barrier of its own). Waits until all have ended, one has died (the others would wait at the barrier for
+    ever) or `timeout` has passed; one still alive then prints its stack (a script that registers faulthandler
+    on SIGUSR1) and is killed. Returns (return codes, outputs)."""
+    import signal
+    procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, args_of(i))], cwd=REPO, env=train_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(workers)]
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if any(p.returncode for p in procs):
+            break
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            p.kill()
+    outputs = [p.communicate()[0] for p in procs]
+    return [p.returncode for p in procs], outputs
+
+
 def stop_process_group(process):
     import signal
     try:

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.faultkit import REPO, fresh_sqlite_store, sweep_args, train_env
+from tests.faultkit import REPO, fresh_sqlite_store, run_together, sweep_args, train_env
 
 
 @pytest.fixture(scope="module")
@@ -82,21 +82,8 @@ def test_workers_starting_together_on_a_fresh_study_share_one_parent_run(postgre
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     workers = 3
-    procs = [subprocess.Popen([sys.executable, "-c", START_TOGETHER, storage, tracking, str(barrier), f"w{i}",
-                               str(workers)], cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(workers)]
-    deadline = time.monotonic() + 120  # 5-12 s each on a loaded 2-core machine
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        if any(p.returncode for p in procs):  # one died: the others would wait at the barrier for ever
-            break
-        time.sleep(0.2)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGUSR1)  # its stack, in the assertion's output below
-            time.sleep(1)
-            p.kill()
-    outputs = [p.communicate()[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * workers, "\n".join(o[-2000:] for o in outputs)
+    codes, outputs = run_together(START_TOGETHER, lambda i: (storage, tracking, barrier, f"w{i}", workers), workers)
+    assert codes == [0] * workers, "\n".join(o[-2000:] for o in outputs)
     chosen = {line.split()[1] for out in outputs for line in out.splitlines() if line.startswith("parent ")}
     assert len(chosen) == 1, outputs
     [parent] = chosen

@@ -11,7 +11,7 @@ import optuna
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.faultkit import REPO, train_env
+from tests.faultkit import REPO, run_together, train_env
 
 APP = '''
 import time
@@ -126,19 +126,9 @@ def test_workers_swapping_one_attr_of_a_journal_at_once_agree_on_one_winner(tmp_
     journal, barrier, workers, keys = tmp_path / "optuna.journal", tmp_path / "barrier", 4, 20
     barrier.mkdir()
     optuna.create_study(study_name="cas", storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
-    procs = [subprocess.Popen([sys.executable, "-c", SWAP_TOGETHER, f"journal:{journal}", str(barrier), f"w{i}",
-                               str(workers), str(keys)], cwd=REPO, env=train_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(workers)]
-    deadline = time.monotonic() + 120
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        if any(p.returncode for p in procs):  # one died: the others would wait at the barrier for ever
-            break
-        time.sleep(0.1)
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-    outputs = [p.communicate()[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * workers, "\n".join(o[-2000:] for o in outputs)
+    codes, outputs = run_together(SWAP_TOGETHER, lambda i: (f"journal:{journal}", barrier, f"w{i}", workers, keys),
+                                  workers)
+    assert codes == [0] * workers, "\n".join(o[-2000:] for o in outputs)
     seen = [dict(line.split() for line in out.splitlines()) for out in outputs]
     stored = load(journal, "cas").user_attrs
     for i in range(keys):
