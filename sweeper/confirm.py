@@ -14,11 +14,12 @@ Runner as the trials (the launcher or the device pool) and does not report to th
 rerun of the same command trains only the retrainings the study does not have yet (finished or crashed: a
 crash is a result); one in flight in another worker is waited for, and taken over if that worker died.
 
-MLflow (sweeper/confirm_runs.py): under the sweep's parent run, one run per confirmed configuration (`confirm-#N`, tags `sweep=confirm`,
-`confirm_of=N`; metrics `<objective>_mean`, `<objective>_std`, `seeds_complete`, `search_<objective>`); each
-retraining's job run is its child (the job's parent run id is set per job) and is tagged `confirm_of`, `seed`.
-An MLflow store that refuses a configuration's run is one warning line, as at the summary: the retrainings are
-in the study all the same, the summary follows, and only that configuration's run lacks its results (FAILED).
+MLflow (sweeper/confirm_runs.py): under the sweep's parent run, one run per confirmed configuration
+(`confirm-#N`, tags `sweep=confirm`, `confirm_of=N`; metrics `<objective>_mean`, `<objective>_std`,
+`seeds_complete`, `search_<objective>`); each retraining's job run is its child (the job's parent run id is set
+per job) and is tagged `confirm_of`, `seed`. An MLflow store that refuses a configuration's run is one warning
+line, as at the summary: the retrainings are in the study all the same, the summary follows, and only that
+configuration's run lacks its results (FAILED).
 
 One objective only: a multi-objective sweep with top_k > 0 stops before the first trial with one error line.
 """
