@@ -67,7 +67,10 @@ def test_a_sweep_terminated_after_epoch_2_resumes_its_trial_after_epoch_2_in_one
     assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): the trials in flight are recorded FAIL"), err
     [interrupted] = [t for t in study(tmp_path).trials if t.user_attrs.get("launched")]
     assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["interrupted"] is True
-    assert sorted(interrupted.intermediate_values) == [1, 2]
+    # The SIGTERM is sent once epoch 2 is reported; on a loaded machine epoch 3 may end before it lands. Either
+    # way the trial stops inside a later epoch, and the rerun must go on after the last one it reported.
+    stopped = max(interrupted.intermediate_values)
+    assert 2 <= stopped < EPOCHS and sorted(interrupted.intermediate_values) == list(range(1, stopped + 1))
     checkpoint = interrupted.user_attrs["checkpoint"]
     assert os.path.isfile(checkpoint) and not [p for p in os.listdir(os.path.dirname(checkpoint)) if p.endswith(".tmp")]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -79,17 +82,19 @@ def test_a_sweep_terminated_after_epoch_2_resumes_its_trial_after_epoch_2_in_one
 
     again = subprocess.run(command, cwd=tmp_path, env=train_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming after epoch 2 from" in again.stdout
-    assert "epoch 1/" not in again.stdout and "epoch 2/" not in again.stdout and f"epoch {EPOCHS}/{EPOCHS}" in again.stdout
+    assert f"resuming after epoch {stopped} from" in again.stdout
+    assert not [e for e in range(1, stopped + 1) if f"epoch {e}/" in again.stdout]  # no epoch trained twice
+    assert f"epoch {EPOCHS}/{EPOCHS}" in again.stdout
 
     trials = [t for t in study(tmp_path).trials if t.user_attrs.get("launched")]
     assert [t.number for t in trials] == [interrupted.number, interrupted.number + 1]
     replacement = trials[1]
     assert replacement.state == TrialState.COMPLETE and replacement.user_attrs["resumes"] == interrupted.number
     assert replacement.params == interrupted.params
-    # One history for the pruner: epochs 1-2 carried over, 3-4 reported by the resumed job.
+    # One history for the pruner: epochs 1..stopped carried over, the rest reported by the resumed job.
     assert sorted(replacement.intermediate_values) == list(range(1, EPOCHS + 1))
-    assert {s: replacement.intermediate_values[s] for s in (1, 2)} == dict(interrupted.intermediate_values)
+    assert ({s: replacement.intermediate_values[s] for s in range(1, stopped + 1)}
+            == dict(interrupted.intermediate_values))
     # One MLflow run for the trial: the interrupted one, continued, each epoch logged once.
     assert replacement.user_attrs["mlflow_run_id"] == run_id
     run = client.get_run(run_id)
