@@ -169,3 +169,27 @@ def test_two_parents_made_in_the_same_moment_settle_into_the_studys_one(tmp_path
     assert first.client.get_run(child).data.tags["mlflow.parentRunId"] == theirs
     assert first.client.get_run(mine).info.lifecycle_stage == "deleted"
     assert second.settle(study, storage, theirs) == theirs  # the study's own parent stays
+
+
+@pytest.mark.parametrize("message, retried", [
+    ('(psycopg.errors.DuplicateTable) relation "studies" already exists', True),
+    ('duplicate key value violates unique constraint "pg_type_typname_nsp_index"', True),
+    ('relation "studies" does not exist', False),
+])
+def test_opening_a_store_retries_only_while_another_process_makes_its_tables(monkeypatch, message, retried):
+    # Three workers on a fresh PostgreSQL database: one lost the race with DuplicateTable and died (a CI run).
+    from sweeper import stores
+    monkeypatch.setattr(stores.time, "sleep", lambda s: None)
+    calls = []
+
+    def open_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(message)
+        return "opened"
+    if retried:
+        assert stores.while_schema_is_made(open_once) == "opened" and len(calls) == 2
+    else:
+        with pytest.raises(RuntimeError, match="does not exist"):
+            stores.while_schema_is_made(open_once)
+        assert len(calls) == 1
