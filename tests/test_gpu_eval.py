@@ -150,8 +150,8 @@ def test_planning_the_second_run_from_the_first_ones_epochs():
 def test_preflight_on_the_cpu(tmp_path):
     """The first device call's check, here without a GPU: the packages work; the capture is left for CUDA."""
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", GPU_EVAL_PARTS=str(tmp_path / "no-parts"))
-    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh"), "--preflight", "--out", str(tmp_path)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh"), "--preflight", "--out", str(tmp_path),
+                             "--keep", str(tmp_path / "keep")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "preflight: MLflow sqlite run ok, Optuna sqlite study ok, model=family recipe=short: 4,904,522 parameters" \
         in result.stdout
@@ -236,8 +236,9 @@ def test_a_final_run_cut_at_its_deadline_is_evaluated_from_its_last_checkpoint(t
     stored = float(re.search(r"test acc of the stored weights \(fp32, TF32 off\) ([\d.]+)%", run.stdout).group(1))
     images, _ = load_dataset(CIFAR10, root, expected_train=120, expected_test=40)["train"]
     lines = []
-    result = gpu_eval.evaluate_checkpoint(tmp_path / "ckpt" / "last.pt", tmp_path / "cut.pt", setup, images,
-                                          lines.append, env=train_env())
+    result = gpu_eval.evaluate_checkpoint(tmp_path / "ckpt" / "last.pt", tmp_path / "cut.pt",
+                                          [*setup, f"hydra.run.dir={tmp_path / 'evaluate'}"], images, lines.append,
+                                          env=train_env())
     assert result["cut"] is True and result["epochs"] == 2 and result["weights"] == str(tmp_path / "cut.pt")
     assert result["test_acc"] == pytest.approx(stored / 100, abs=0.5 / 40), (result, stored, lines)
     saved = torch.load(tmp_path / "cut.pt", weights_only=True)
