@@ -70,6 +70,15 @@ def write_cifar100(root, train=500, test=200, seed=0):
     return Path(root)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def scratch_working_folder(tmp_path_factory):
+    """The tests run in a folder of their own, not in the checkout: what they write relative to the working
+    folder (MLflow's ./mlruns artifacts of a sqlite store, Hydra's outputs/) goes there."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def cifar100_root(tmp_path_factory):
     """Synthetic CIFAR-100: 500 training images, 200 test images."""
