@@ -40,12 +40,16 @@ def test_short_path_equals_full_composition(job_configs, overrides):
 
 def test_proposals_share_compositions_and_cost_milliseconds(job_configs):
     first = job_configs(PROPOSALS[0])
-    start = time.perf_counter()
     second = job_configs(PROPOSALS[1])
-    short = time.perf_counter() - start
-    start = time.perf_counter()
-    job_configs.full(PROPOSALS[1])
-    assert short < (time.perf_counter() - start) / 2  # measured side by side: machine load hits both
+
+    def best_of_3(compose):  # the fastest of three, each side: one pause of a loaded machine (a test worker
+        times = []           # beside this one made one short path take 0.73 s, the full one 0.19 s) does not decide
+        for _ in range(3):
+            start = time.perf_counter()
+            compose(PROPOSALS[1])
+            times.append(time.perf_counter() - start)
+        return min(times)
+    assert best_of_3(job_configs) < best_of_3(job_configs.full) / 2  # measured side by side: machine load hits both
     assert len(job_configs.compositions) == 1  # both are model=final plus plain values
     assert first.model.dropout == 0.1234 and second.model.dropout == 0.0  # copies, not one shared config
 
