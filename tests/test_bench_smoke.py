@@ -72,12 +72,15 @@ def test_gpu_graph_comparison_rows_on_cpu(cifar_root):
 def test_budget_check_is_fast_and_allocates_no_weights(overrides):
     cfg = compose_cfg(overrides)
     param_report(cfg)
+    elapsed = []
+    for _ in range(3):  # the fastest of three: one took 0.47 s once, beside a second test worker, under tracemalloc
+        start = time.perf_counter()
+        param_report(cfg)
+        elapsed.append(time.perf_counter() - start)
     tracemalloc.start()
-    start = time.perf_counter()
     report = param_report(cfg)
-    elapsed = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert report.total in (4_997_194, 50_465_334)
-    assert elapsed < 0.25  # 50 ms budget measured by `make bench`; generous here for a loaded CI machine
+    assert min(elapsed) < 0.25  # 50 ms budget measured by `make bench`; generous here for a loaded CI machine
     assert peak < 1_000_000  # bytes; the weights alone would take 4 bytes per parameter
