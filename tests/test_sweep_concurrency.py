@@ -173,6 +173,7 @@ def test_two_parents_made_in_the_same_moment_settle_into_the_studys_one(tmp_path
 
 @pytest.mark.parametrize("message, retried", [
     ('(psycopg.errors.DuplicateTable) relation "studies" already exists', True),
+    ('(psycopg.errors.DuplicateObject) type "studydirection" already exists', True),
     ('duplicate key value violates unique constraint "pg_type_typname_nsp_index"', True),
     ('relation "studies" does not exist', False),
 ])
