@@ -1,5 +1,4 @@
 """The budget check's short path to a trial's config gives what Hydra's full composition gives."""
-import time
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -8,6 +7,7 @@ from omegaconf import OmegaConf
 
 from sweeper.compose import JobConfigs
 from tests.conftest import CONF_DIR
+from tests.faultkit import fastest_of_three
 
 PROPOSALS = [  # as the plugin writes them: sampled values, then the command line's fixed overrides
     ["model.depth_mult=0.75", "model.width_mult=1.125", "model.dropout=0.1234", "model=final"],
@@ -41,15 +41,8 @@ def test_short_path_equals_full_composition(job_configs, overrides):
 def test_proposals_share_compositions_and_cost_milliseconds(job_configs):
     first = job_configs(PROPOSALS[0])
     second = job_configs(PROPOSALS[1])
-
-    def best_of_3(compose):  # the fastest of three, each side: one pause of a loaded machine (a test worker
-        times = []           # beside this one made one short path take 0.73 s, the full one 0.19 s) does not decide
-        for _ in range(3):
-            start = time.perf_counter()
-            compose(PROPOSALS[1])
-            times.append(time.perf_counter() - start)
-        return min(times)
-    assert best_of_3(job_configs) < best_of_3(job_configs.full) / 2  # measured side by side: machine load hits both
+    # measured side by side: machine load hits both
+    assert fastest_of_three(job_configs, PROPOSALS[1]) < fastest_of_three(job_configs.full, PROPOSALS[1]) / 2
     assert len(job_configs.compositions) == 1  # both are model=final plus plain values
     assert first.model.dropout == 0.1234 and second.model.dropout == 0.0  # copies, not one shared config
 
