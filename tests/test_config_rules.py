@@ -282,6 +282,27 @@ def test_train_py_prints_the_same_one_line_and_exits_2(tmp_path):
     assert {path.name for path in tmp_path.iterdir()} <= {"outputs"}  # Hydra's run folder only: no store, no checkpoint
 
 
+
+def test_the_gate_checks_every_optimizer_and_schedule_without_building_one():
+    """The gate meets the optimizer's and the schedule's rules by planning them (training/optim.py): building a
+    torch optimizer imports torch._dynamo, ~1.2 s of every dry run and of every sweep's parent process."""
+    script = ("import sys, itertools\n"
+              "from tests.conftest import compose_cfg\n"
+              "from training.gate import check_config\n"
+              "from training.optim import OPTIMIZERS, SCHEDULERS\n"
+              "for name, schedule in itertools.product(OPTIMIZERS, SCHEDULERS):\n"
+              "    check_config(compose_cfg(['model=tiny', f'optimizer={name}', f'scheduler={schedule}']))\n"
+              "try:\n"
+              "    check_config(compose_cfg(['model=tiny', 'optimizer=sgd', 'optimizer.momentum=0']))\n"
+              "except Exception as err:\n"
+              "    print(err)\n"
+              "print('torch._dynamo' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=train_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["optimizer.momentum=0: Nesterov momentum needs a momentum > 0; set "
+                                          "optimizer.nesterov=false for plain SGD", "False"]
+
 README_ROWS = [  # docs/faults.md "Bad input" (the README links it): each config row's line, as the table gives it
     (["model.layers.layer1.block=inverted"], "model.layers.layer1.block=inverted: use one of basic, bottleneck"),
     (["model.depth_mult=abc"], "model.depth_mult=abc: must be a number > 0"),
