@@ -6,7 +6,6 @@ image size and AutoAugment policy (data.image_size, data.autoaugment_policy) are
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from torchvision import transforms as T
 
 from benchmarks.common import interleaved, paired_ratio, sync
 from data import Augmentation, DeviceLoader, channel_stats
@@ -33,6 +32,7 @@ class PILDataset(torch.utils.data.Dataset):
 
 
 def conventional_transform(policy, mean, std, autoaugment_policy, image_size):
+    from torchvision import transforms as T  # here: the other sections (python -m benchmarks --only graphs) skip its ~1.4 s
     normalize = [T.ToTensor(), T.Normalize(mean.tolist(), std.tolist())]
     if policy == "simple":
         return T.Compose([T.RandomRotation(10), T.RandomCrop(image_size, padding=2), T.RandomHorizontalFlip(),
