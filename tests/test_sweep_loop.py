@@ -26,7 +26,7 @@ def make_sweep(tmp_path, *space, storage=None, constraints=None, **settings):
     sweep.space, sweep.fixed = space_mod.parse({}, list(space))
     sweep.extender, sweep.pool, sweep.devices = None, None, None
     sweep.job_configs = lambda overrides: OmegaConf.create({"overrides": list(overrides)})
-    sweep.constraints = Constraints(constraints or {})
+    sweep.constraints = Constraints(constraints or {}, execution_whitelist=["tests.test_sweep_loop.*"])
     study = sweep.open_study(sweep.build_sampler())
     return sweep, study
 
