@@ -194,20 +194,22 @@ GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
 
 def inverse_matrix(op_name, magnitude, image_size):
-    """The inverse affine matrix torchvision's _apply_op uses for a geometric op (F.affine / F.rotate)."""
-    from torchvision.transforms.functional import _get_inverse_affine_matrix
-
+    """The matrix F.affine / F.rotate hand grid_sample for a geometric op of torchvision's AutoAugment: output
+    pixel (x, y, 1), in coordinates centred on the image, to the input pixel it reads. Rotate turns by
+    `magnitude` degrees, ShearX/Y shear by atan(magnitude) about the top-left corner, TranslateX/Y shift by
+    int(magnitude) pixels (tests/test_augment.py: every op equals torchvision's, pixel for pixel)."""
     h, w = image_size
     if op_name == "Rotate":
-        matrix = _get_inverse_affine_matrix([0.0, 0.0], -magnitude, [0.0, 0.0], 1.0, [0.0, 0.0])
-    elif op_name in ("ShearX", "ShearY"):
-        shear = math.degrees(math.atan(magnitude))  # sheared about the top-left corner
-        matrix = _get_inverse_affine_matrix([-w * 0.5, -h * 0.5], 0.0, [0.0, 0.0], 1.0,
-                                            [shear, 0.0] if op_name == "ShearX" else [0.0, shear])
+        turn = math.radians(magnitude)  # F.rotate's angle is counter-clockwise: the inverse turns back
+        matrix = [math.cos(turn), -math.sin(turn), 0.0, math.sin(turn), math.cos(turn), 0.0]
+    elif op_name == "ShearX":  # x' = x + m y about the corner (-w/2, -h/2): inverse x = x' - m y' - m h / 2
+        matrix = [1.0, magnitude, magnitude * h * 0.5, 0.0, 1.0, 0.0]
+    elif op_name == "ShearY":
+        matrix = [1.0, 0.0, 0.0, magnitude, 1.0, magnitude * w * 0.5]
     else:
         shift = float(int(magnitude))
-        matrix = _get_inverse_affine_matrix([0.0, 0.0], 0.0, [shift, 0.0] if op_name == "TranslateX" else
-                                            [0.0, shift], 1.0, [0.0, 0.0])
+        matrix = [1.0, 0.0, -shift if op_name == "TranslateX" else 0.0,
+                  0.0, 1.0, -shift if op_name == "TranslateY" else 0.0]
     return torch.tensor(matrix, dtype=torch.float32).view(2, 3)
 
 
@@ -225,6 +227,25 @@ def autoaugment_policy(name) -> str:
     return name
 
 
+MAGNITUDE_BINS = 10  # the bins of torchvision's AutoAugment; a policy step names one by its index
+
+
+def augmentation_space(image_size):
+    """op -> (magnitude of each bin, whether a draw may negate it): the numbers torchvision's AutoAugment uses
+    (tests/test_augment.py compares them), written out so that no private method of it is called."""
+    h, w = image_size
+    bins = torch.arange(MAGNITUDE_BINS)
+    ramp = lambda top: torch.linspace(0.0, top, MAGNITUDE_BINS)  # noqa: E731
+    space = {"ShearX": (ramp(0.3), True), "ShearY": (ramp(0.3), True),
+             "TranslateX": (ramp(150.0 / 331.0 * w), True), "TranslateY": (ramp(150.0 / 331.0 * h), True),
+             "Rotate": (ramp(30.0), True),
+             "Posterize": (8 - (bins / ((MAGNITUDE_BINS - 1) / 4)).round().int(), False),
+             "Solarize": (torch.linspace(255.0, 0.0, MAGNITUDE_BINS), False)}
+    space.update({op: (ramp(0.9), True) for op in ("Brightness", "Color", "Contrast", "Sharpness")})
+    space.update({op: (torch.tensor(0.0), False) for op in ("AutoContrast", "Equalize", "Invert")})
+    return space
+
+
 class BatchedAutoAugment:
     """torchvision's AutoAugment (CIFAR10 policy by default) with a sub-policy drawn per image.
 
@@ -236,9 +257,8 @@ class BatchedAutoAugment:
     def __init__(self, policy="cifar10", image_size=(32, 32)):
         from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
-        reference = AutoAugment(AutoAugmentPolicy(policy))
-        self.policies = reference.policies
-        space = reference._augmentation_space(10, image_size)
+        self.policies = AutoAugment(AutoAugmentPolicy(policy)).policies
+        space = augmentation_space(image_size)
         self.op_names = sorted({op for subpolicy in self.policies for op, _, _ in subpolicy})
         unknown = set(self.op_names) - set(PHOTOMETRIC_OPS) - set(GEOMETRIC_OPS)
         if unknown:

@@ -120,6 +120,18 @@ def test_every_autoaugment_op_equals_torchvision(images, op):
         assert torch.equal(got, expected), f"{op}({value}) differs from torchvision"
 
 
+
+@pytest.mark.parametrize("size", [(32, 32), (24, 32), (64, 48)])
+def test_the_magnitude_table_is_torchvisions(size):
+    """data/augment.py writes out AutoAugment's magnitude bins rather than calling its private method: the same
+    numbers, dtypes and signs, translations from the height and the width as torchvision takes them."""
+    from data.augment import augmentation_space
+    ours, theirs = augmentation_space(size), tv_autoaugment.AutoAugment()._augmentation_space(10, size)
+    assert set(ours) == set(theirs)
+    for op, (magnitudes, signed) in theirs.items():
+        assert torch.equal(ours[op][0], magnitudes) and ours[op][0].dtype == magnitudes.dtype, op
+        assert ours[op][1] is signed, op
+
 def test_equalize_leaves_flat_and_nearly_flat_channels_as_torchvision_does(images):
     """step 0 (all pixels in one bin, or all but a few): the channel is left alone."""
     odd = images[:4].clone()
