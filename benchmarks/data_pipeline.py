@@ -32,7 +32,8 @@ class PILDataset(torch.utils.data.Dataset):
 
 
 def conventional_transform(policy, mean, std, autoaugment_policy, image_size):
-    from torchvision import transforms as T  # here: the other sections (python -m benchmarks --only graphs) skip its ~1.4 s
+    # Imported here: the other sections (python -m benchmarks --only graphs) skip its ~1.4 s.
+    from torchvision import transforms as T
     normalize = [T.ToTensor(), T.Normalize(mean.tolist(), std.tolist())]
     if policy == "simple":
         return T.Compose([T.RandomRotation(10), T.RandomCrop(image_size, padding=2), T.RandomHorizontalFlip(),
