@@ -157,6 +157,21 @@ def test_onecycle_peaks_at_the_optimizers_scaled_lr(scale, batch, peak):
     assert build_scheduler(explicit, opt, 10, 4).get_last_lr()[0] == pytest.approx(0.3 / 25)
 
 
+
+def test_sigterm_ends_a_single_run_as_ctrl_c_does_with_the_shells_code_for_it(monkeypatch, capsys):
+    """A scheduler that SIGTERMs a single run reads 143 (128 + 15), as from a sweep; the line says how to go on."""
+    from sweeper.signals import Terminated
+
+    def terminated(cfg):
+        raise Terminated("signal 15")
+    monkeypatch.setattr(app, "run", terminated)
+    monkeypatch.setattr(app, "in_multirun", lambda: False)
+    with pytest.raises(SystemExit) as caught:
+        app.main(None)
+    assert caught.value.code == 143
+    assert capsys.readouterr().err == ("terminated (SIGTERM): the MLflow run is KILLED; the checkpoint of the last "
+                                       "finished epoch is kept: run the same command with trainer.resume=true to go on\n")
+
 @pytest.mark.parametrize("multirun", [False, True])
 def test_ctrl_c_is_one_line_and_exit_130_unless_a_sweep_handles_it(monkeypatch, capsys, multirun):
     def interrupted(cfg):

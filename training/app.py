@@ -7,13 +7,15 @@
   Failed marker (a result of the trial: recorded FAIL, the sweep goes on, no crash counted);
 - a sweep trial stopped by its pruner -> returns the sweeper's Pruned marker, a normal end;
 - Ctrl-C -> one line saying how to resume and exit code 130 (the run context has marked the run KILLED);
-  in a sweep it goes on to the sweeper.
+  SIGTERM (sweeper/signals.py raises it as Ctrl-C) the same, with exit code 143, as a sweep ends on it;
+  in a sweep either goes on to the sweeper.
 Everything else is a bug and keeps its traceback.
 """
 import sys
 
 from errors import BudgetError, DivergedError, UserError
 from sweeper.job import Failed, Pruned, TrialPruned, current_trial
+from sweeper.signals import Terminated
 from training.gate import check_config
 from training.tasks import TASKS, in_multirun
 
@@ -49,12 +51,14 @@ def main(cfg):
             raise  # the sweeper records the trial as failed and goes on
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if in_multirun():
             raise  # the sweeper closes its trials and says so
-        print("interrupted: the MLflow run is KILLED; the checkpoint of the last finished epoch is kept: run the "
-              "same command with trainer.resume=true to go on", file=sys.stderr, flush=True)
-        sys.exit(130)  # the shell's code for Ctrl-C
+        terminated = isinstance(stop, Terminated)
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: the MLflow run is KILLED; the checkpoint "
+              f"of the last finished epoch is kept: run the same command with trainer.resume=true to go on",
+              file=sys.stderr, flush=True)
+        sys.exit(143 if terminated else 130)  # the shell's codes for SIGTERM and Ctrl-C (a scheduler reads them)
 
 
 def _verbose():
