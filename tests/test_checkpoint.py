@@ -69,6 +69,37 @@ def test_sigkilled_training_resumes_into_the_same_run(tmp_path, monkeypatch):
         assert got == pytest.approx(want, rel=1e-5), key
 
 
+def test_a_sigterm_just_after_the_checkpoint_waits_until_the_epoch_is_logged(tmp_path, monkeypatch):
+    """Preemption lands at any moment: here between epoch 1's checkpoint and its MLflow log. The epoch is logged
+    before the run stops (KILLED), so the rerun, which goes on after the checkpoint's epoch, misses none."""
+    import os
+    import threading
+
+    from sweeper.signals import Terminated
+    from training import app
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("needs the main thread with SIGTERM at Python's default (the run takes it as it would)")
+    store = fresh_sqlite_store(tmp_path)
+    cfg = compose_cfg(tiny_overrides(write_cifar(tmp_path / "data"), store, epochs=3))
+    save = checkpoint.save
+
+    def save_then_preempted(path, state):
+        save(path, state)
+        if state["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(checkpoint, "save", save_then_preempted)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Terminated):
+        app.run(cfg)
+    [ckpt] = tmp_path.glob("checkpoints/*/last.pt")
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    client = mlflow.MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("cifar10-resnet").experiment_id])
+    assert run.info.status == "KILLED"
+    assert metric_steps(client, run.info.run_id, "train_loss") == [1]
+
+
 def test_a_half_written_checkpoint_is_never_loaded(tmp_path, monkeypatch):
     cfg = compose_cfg([f"trainer.checkpoint_dir={tmp_path}/ckpt", f"mlflow.tracking_uri={fresh_sqlite_store(tmp_path)}"])
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)

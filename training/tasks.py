@@ -89,17 +89,21 @@ def train(cfg, report):
                 row["val_loss"], row["val_acc"] = learner.evaluate(val_loader, label="validation")
             row["epoch_time"] = time.perf_counter() - epoch_start  # training and validation
             history.append(row)
-            checkpoint.save(ckpt_path, checkpoint.capture(
-                cfg, **learner.parts(), train_loader=train_loader, history=history, run_id=run.run_id,
-                elapsed=time.perf_counter() - started, trial=trial))
-            tracker.log_epoch(row)
-            graphs_reported = report_graphs(learner, tracker, graphs_reported)
-            elapsed = time.perf_counter() - started
-            val_text = f" | val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if val_loader else ""
-            print(f"epoch {epoch}/{epochs} | train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
-                  f"{val_text} | lr {row['lr']:.2e} | {row['images_per_sec']:,.0f} img/s | {format_time(elapsed)} "
-                  f"elapsed, {format_time(elapsed / epoch * (epochs - epoch))} left", flush=True)
-            run.report(row.get("val_acc", row["train_acc"]), epoch)  # raises TrialPruned
+            # The epoch is recorded whole or not at all: a SIGTERM between the checkpoint and the MLflow log lost
+            # the epoch's metrics, as the rerun goes on after the checkpoint's epoch (and the pruner's value, too).
+            with signals.held():
+                checkpoint.save(ckpt_path, checkpoint.capture(
+                    cfg, **learner.parts(), train_loader=train_loader, history=history, run_id=run.run_id,
+                    elapsed=time.perf_counter() - started, trial=trial))
+                tracker.log_epoch(row)
+                graphs_reported = report_graphs(learner, tracker, graphs_reported)
+                elapsed = time.perf_counter() - started
+                val_text = f" | val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if val_loader else ""
+                print(f"epoch {epoch}/{epochs} | train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
+                      f"{val_text} | lr {row['lr']:.2e} | {row['images_per_sec']:,.0f} img/s | "
+                      f"{format_time(elapsed)} elapsed, {format_time(elapsed / epoch * (epochs - epoch))} left",
+                      flush=True)
+                run.report(row.get("val_acc", row["train_acc"]), epoch)  # raises TrialPruned
 
         test_start = time.perf_counter()
         test_loss, test_acc = learner.evaluate(test_loader, tta=cfg.trainer.tta, label="test")
