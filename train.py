@@ -34,5 +34,14 @@ def main(cfg):
 if __name__ == "__main__":
     # Run this file's importable copy rather than __main__, so that parallel launchers (joblib)
     # pickle the task function by reference instead of by value.
+    import gc
+
     import train
-    train.main()
+    try:
+        train.main()
+    finally:
+        # Python's exit frees every object one by one and collects cycles among torch's, MLflow's and Optuna's
+        # modules: 1.5 s here after a sweep's imports. Frozen objects are left to the OS, as they are at any
+        # exit; files, runs and studies are closed by then (atexit still runs). `python -c "import torch, mlflow,
+        # optuna, matplotlib.pyplot; ..."`: exit 1.52 s, 0.29 s with gc.freeze(), side by side.
+        gc.freeze()

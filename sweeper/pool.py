@@ -6,6 +6,8 @@ device, as `cuda:0`. A slot runs one trial at a time the way Hydra's basic launc
 (`run_job` with the trial's composed config, its folder under `hydra.sweep.dir`), and the sweeper
 starts the next trial on whichever slot frees first. Without GPUs the ids are only labels.
 """
+import atexit
+import gc
 import logging
 import multiprocessing
 import os
@@ -79,6 +81,9 @@ def _start_worker(device, payload):
     setup_globals()
     Singleton.set_state(singleton_state)
     _worker.update(task_function=task_function, hydra_context=hydra_context)
+    # At exit, what is left (torch, MLflow, ...) goes to the OS whole: freeing it one by one held the sweep's
+    # end, which waits for its workers (train.py does the same at its own exit, with the measurement).
+    atexit.register(gc.freeze)
 
 
 def _ready():
