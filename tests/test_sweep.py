@@ -15,6 +15,7 @@ def run_sweep(tmp_path, env, *extra, study="s", store="mlflow.db"):
         fresh_sqlite_store(tmp_path, store)
     args = ["-m", "hydra/sweeper=optuna", "model=tiny", "trainer.epochs=2", "trainer.batch_size=100",
             "data.train_images=500", "data.test_images=200", "data.val_size=100", "trainer.log_every=0",
+            "mlflow.log_model=false",  # a trial's logged model: tests/test_sweep_submitit.py, test_mlflow_server.py
             "trainer.device=cpu", f"mlflow.tracking_uri=sqlite:///{tmp_path}/{store}",
             f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", f"hydra.sweeper.study_name={study}",
             f"hydra.sweep.dir={tmp_path}/multirun", "hydra.sweeper.sampler.seed=0", *extra]
