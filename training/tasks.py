@@ -90,7 +90,7 @@ def train(cfg, report):
             row["epoch_time"] = time.perf_counter() - epoch_start  # training and validation
             history.append(row)
             # The epoch is recorded whole or not at all: a SIGTERM between the checkpoint and the MLflow log lost
-            # the epoch's metrics, as the rerun goes on after the checkpoint's epoch (and the pruner's value, too).
+            # that epoch's metrics, as the rerun goes on after the checkpoint's epoch.
             with signals.held():
                 checkpoint.save(ckpt_path, checkpoint.capture(
                     cfg, **learner.parts(), train_loader=train_loader, history=history, run_id=run.run_id,
