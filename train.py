@@ -9,11 +9,15 @@
 The parameter budget and every other config check run before data is loaded or an MLflow
 run is opened. The job returns the final validation accuracy, which sweeps maximise.
 """
-import os
+import gc
 
-import hydra
+if __name__ == "__main__":
+    gc.disable()  # while the imports run: __main__ below says why
+import os  # noqa: E402
 
-from training import app
+import hydra  # noqa: E402
+
+from training import app  # noqa: E402
 
 # Targets Hydra 1.4 may instantiate from config (the sweeper's samplers and constraints, the launchers).
 EXECUTION_WHITELIST = [
@@ -34,9 +38,13 @@ def main(cfg):
 if __name__ == "__main__":
     # Run this file's importable copy rather than __main__, so that parallel launchers (joblib)
     # pickle the task function by reference instead of by value.
-    import gc
-
     import train
+
+    # What the imports made (torch, Hydra: a million objects) lives as long as the process. Collecting while they
+    # ran traversed it again and again: `train.py model=final dry_run=true` took 2.07 s with it, 1.85 s without
+    # (three runs each, alternating). Frozen, it stays out of later collections; collecting goes on as usual.
+    gc.freeze()
+    gc.enable()
     try:
         train.main()
     finally:
