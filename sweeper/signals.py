@@ -115,6 +115,9 @@ def interrupts_at_waits(self):
     finally:
         for number, handler in taken.items():
             signal.signal(number, handler)
+    if self.interrupt_pending:  # it landed after the last wait (the last trial's result was in): raised now, not lost
+        self.interrupt_pending = False
+        _raise(getattr(self, "pending_error", KeyboardInterrupt))
 
 
 def _raise(error):

@@ -287,6 +287,23 @@ def test_with_a_pool_ctrl_c_is_taken_at_a_wait_not_inside_a_storage_call():
         signal.signal(signal.SIGINT, previous)
 
 
+def test_with_a_pool_a_signal_after_the_last_wait_is_raised_when_the_loop_ends():
+    """A SIGTERM that lands after the last trial's result came in (no wait follows) is raised as the sweeper's
+    signal block ends: before, it was dropped and a preempted sweep went on to its summary and exit 0."""
+    import os
+    import signal
+    from sweeper import signals
+    from sweeper.core import ConstrainedSweep
+    sweep = SimpleNamespace(pool=object())
+    with signals.terminate_as_interrupt():
+        with pytest.raises(signals.Terminated):
+            with ConstrainedSweep.interrupts_at_waits(sweep):
+                os.kill(os.getpid(), signal.SIGTERM)  # "recording the last result": held
+                time.sleep(0.05)
+                assert sweep.interrupt_pending
+        assert not sweep.interrupt_pending
+
+
 def test_with_a_pool_a_second_sigterm_does_not_cut_the_clean_up():
     """SLURM and shells forward SIGTERM more than once: after the first has been raised at a wait, the next ones,
     inside the sweeper's signal block or after it, must not raise again in the middle of closing trials and runs."""
