@@ -77,7 +77,8 @@ def test_a_sigterm_just_after_the_checkpoint_waits_until_the_epoch_is_logged(tmp
 
     from sweeper.signals import Terminated
     from training import app
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         pytest.skip("needs the main thread with SIGTERM at Python's default (the run takes it as it would)")
     store = fresh_sqlite_store(tmp_path)
     cfg = compose_cfg(tiny_overrides(write_cifar(tmp_path / "data"), store, epochs=3))
