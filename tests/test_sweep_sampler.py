@@ -161,6 +161,21 @@ def test_the_accuracy_against_parameters_plot_shows_every_proposal(tmp_path):
     assert path.endswith("val_acc_vs_params.png") and (tmp_path / "val_acc_vs_params.png").stat().st_size > 10_000
 
 
+def test_the_importance_plot_is_drawn_once_the_best_tenth_holds_two_trials(tmp_path):
+    """PED-ANOVA compares the best 10% of trials with all of them: from 11 trained trials on, that top set holds
+    two. A smaller sweep gets the history plot only."""
+    from sweeper.report import _plots
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) - abs(t.suggest_float("y", 0, 1) - 0.5), n_trials=11)
+    complete = study.trials
+    for n, expected in ((10, {"optimization_history.png"}),
+                        (11, {"optimization_history.png", "param_importances.png"})):
+        out = tmp_path / str(n)
+        out.mkdir()
+        paths = _plots(complete[:n], ["maximize"], ["val_acc"], str(out))
+        assert {p.rsplit("/", 1)[-1] for p in paths} == expected == {p.name for p in out.iterdir()}
+
+
 def test_a_grid_cell_queued_by_the_sweeper_can_be_told_when_it_is_the_last_one():
     # The sweeper queues a cell the grid has not judged (steer_to_unseen); a queued trial gets no grid_id,
     # and GridSampler.after_trial read it when exactly one cell was left: KeyError 'grid_id' on tell.
