@@ -36,7 +36,7 @@ FULL = dict(data=dict(batch_size=256, conventional_images=4096, ours_images=50_0
             overhead=dict(trials=8, train_per_file=10_000, test=1_000), budget_repeats=20, budget_control=True)
 QUICK = dict(data=dict(batch_size=32, conventional_images=64, ours_images=256, rounds=1, workers=0),
              train={"tiny": dict(batch_size=8, steps=2)}, train_rounds=1,
-             gpu=dict(batch_size=8, steps=2, rounds=1), graphs=dict(batch_size=4, steps=4, rounds=1),
+             gpu=dict(batch_size=8, steps=2, rounds=1), graphs=dict(batch_size=4, steps=2, rounds=1),
              overhead=dict(trials=2, train_per_file=100, test=100, subset=64, val_size=64), budget_repeats=2,
              budget_control=False)
 
