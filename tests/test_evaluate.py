@@ -92,3 +92,23 @@ def test_bad_weights_are_one_line_before_any_data(case, trained, train_env, tmp_
     expected = {"missing": "no such file", "not a state_dict": "cannot be read as a state_dict",
                 "another model": "its weights do not fit the model this config describes", "unset": "needs the path"}
     assert expected[case] in lines[-1]
+
+
+@pytest.mark.parametrize("tta", ["none", "flip", "flip_shift"])
+def test_a_confidently_wrong_prediction_has_a_finite_test_loss(tta):
+    """The loss is the log of the views' mean probability: a logit gap of 200 (probabilities below float32's
+    smallest) gives a loss of about 200, not inf."""
+    from data import DeviceLoader
+    from training.engine import evaluate
+
+    class Confident(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(len(x), 10)
+            logits[:, 0] = 200.0  # every image: class 0, with near certainty
+            return logits
+
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    loader = DeviceLoader(images, torch.tensor([0, 1, 1, 1]), batch_size=2, mean=torch.full((3,), 0.5),
+                          std=torch.full((3,), 0.25))
+    loss, acc = evaluate(Confident(), loader, torch.autocast("cpu", enabled=False), tta=tta)
+    assert acc == pytest.approx(0.25) and loss == pytest.approx(3 * 200 / 4, rel=1e-5)

@@ -38,7 +38,10 @@ def evaluate(model, loader, autocast, tta="none", label="evaluating"):
     for x, y in pass_progress(loader, len(loader), label):
         with autocast:
             views = tta_views(x, tta)
-            logits = (sum(model(view).float().softmax(1) for view in views) / len(views)).log()
+            # log of the views' mean probability, from log-probabilities: as softmax(...).log() it underflowed to
+            # -inf for a confidently wrong class (a smoke run of model=final printed "test loss inf").
+            log_probs = torch.stack([model(view).float().log_softmax(1) for view in views])
+            logits = torch.logsumexp(log_probs, 0) - math.log(len(views))
         loss_sum += F.nll_loss(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     n = len(loader.images)
