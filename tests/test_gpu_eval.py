@@ -147,35 +147,39 @@ def test_planning_the_second_run_from_the_first_ones_epochs():
     assert epoch_s == pytest.approx(1.6 * 2 + 0.5) and epochs == 27
 
 
-def test_preflight_on_the_cpu(tmp_path):
-    """The first device call's check, here without a GPU: the packages work; the capture is left for CUDA."""
+@pytest.mark.skipif(not (REPO / "sweeper" / "pool.py").is_file(),
+                    reason="the sweep step needs the sweeper's device pool (hydra.sweeper.devices, issue 10)")
+def test_the_runbook_on_the_cpu_preflight_then_smoke_and_evaluate_reproduces_it(tmp_path):
+    """The first device call's check, here without a GPU (the packages work; the capture is left for CUDA),
+    then `make gpu-smoke` as the last call runs it, reading the first call's record: its throughput rows, not
+    measured again; a real sweep on the device pool, both final runs, the summary, the store; then the summary's
+    own command re-checks each stored weights file. (The throughput step measuring for itself: the deadline test
+    above; the benchmark's rows: tests/test_bench_smoke.py.)"""
+    keep = tmp_path / "keep"
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", GPU_EVAL_PARTS=str(tmp_path / "no-parts"))
-    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh"), "--preflight", "--out", str(tmp_path),
-                             "--keep", str(tmp_path / "keep")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh"), "--preflight", "--out",
+                             str(tmp_path / "first"), "--keep", str(keep)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "preflight: MLflow sqlite run ok, Optuna sqlite study ok, model=family recipe=short: 4,904,522 parameters" \
         in result.stdout
     assert "image: torch " in result.stdout  # the image's own versions, before any carried wheel
-    record = json.loads((tmp_path / "preflight.json").read_text())  # the record the last call reads
+    record = json.loads((keep / "preflight.json").read_text())  # the record the last call reads
     assert record["cuda_graphs"] is False and record["why"] == "no GPU here"
     assert {r["variant"] for r in record["throughput"]} >= {"fp32", "bf16+channels_last+fused+graphs"}
     assert "trainer.cuda_graphs=false" in result.stdout
+    assert (tmp_path / "first" / "preflight.json").is_file()
 
-
-@pytest.mark.skipif(not (REPO / "sweeper" / "pool.py").is_file(),
-                    reason="the sweep step needs the sweeper's device pool (hydra.sweeper.devices, issue 10)")
-def test_gpu_smoke_runs_the_whole_path_and_evaluate_reproduces_it(tmp_path):
-    """`make gpu-smoke`: throughput, a real sweep on the device pool, both final runs, the summary, the store;
-    then the summary's own command re-checks each stored weights file."""
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh"), "--smoke", "--out", str(out)], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_eval.sh"), "--smoke", "--out", str(out),
+                             "--keep", str(keep)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     details = summary["details"]
     assert details["complete"] and all(step["status"] == "ok" for step in details["steps"].values())
+    assert details["steps"]["throughput"]["note"] == "measured by the first call (--preflight)"
+    assert details["throughput"] == [{k: v for k, v in r.items() if k != "rounds"} for r in record["throughput"]]
     assert list(details["steps"]) == ["data", "throughput", "sweep", "best", "paper_final"]
     assert details["environment"]["mlflow"] and details["environment"]["optuna"]  # the real packages
     assert {r["variant"] for r in details["throughput"]} >= {"fp32", "bf16+channels_last+fused+graphs"}
