@@ -70,6 +70,18 @@ def write_cifar100(root, train=500, test=200, seed=0):
     return Path(root)
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker takes its share of the cores for the training it runs in-process (the
+    subprocesses it starts take one thread: tests/faultkit.py's train_env). With torch's default, two workers on
+    2 cores ran four threads: tests/test_graphs.py, test_evaluate.py, test_progress.py and test_models.py took
+    60 and 61 s, against 43 and 43 s with one thread each (alternating runs). OMP_NUM_THREADS, when set, decides;
+    `-n 0` runs on all cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def scratch_working_folder(tmp_path_factory):
     """The tests run in a folder of their own, not in the checkout: what they write relative to the working
