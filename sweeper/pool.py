@@ -77,7 +77,11 @@ def _start_worker(device, payload):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is SIGTERM to the group (preemption): a trial takes it
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
+    gc.disable()  # the app's imports (train.py: the same, with the measurements)
     task_function, hydra_context, singleton_state = pickle.loads(payload)
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    gc.enable()
     setup_globals()
     Singleton.set_state(singleton_state)
     _worker.update(task_function=task_function, hydra_context=hydra_context)
