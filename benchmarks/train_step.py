@@ -32,7 +32,7 @@ GPU_VARIANTS = {  # name: (precision, channels_last, fused optimizer, compile, C
     "all+compile": ("bf16", True, True, True, False),
     "bf16+channels_last+fused+graphs": ("bf16", True, True, False, True),
 }
-# The CUDA-graph comparison (issue 11 point 1): the eager fp32 baseline, the same switches eagerly, and graphed.
+# The CUDA-graph comparison (docs/gpu.md): the eager fp32 baseline, the same switches eagerly, and graphed.
 GRAPH_VARIANTS = {name: GPU_VARIANTS[name] for name in ("fp32", "bf16+channels_last+fused",
                                                         "bf16+channels_last+fused+graphs")}
 

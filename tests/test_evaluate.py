@@ -1,4 +1,4 @@
-"""trainer.save_weights and task=evaluate: a weights file anyone can re-check (issue 11, point 6)."""
+"""trainer.save_weights and task=evaluate: a weights file anyone can re-check."""
 import re
 
 import pytest

@@ -1,4 +1,4 @@
-"""model=family and hydra/sweeper/search=family: the paper's design family as a search space (issue 11, point 3)."""
+"""model=family and hydra/sweeper/search=family: the paper's design family as a search space."""
 import pytest
 
 from errors import ModelConfigError

@@ -1,4 +1,4 @@
-"""scripts/gpu_eval.sh (issue 11, points 4-6): the parts that carry its luggage, and its whole path on the CPU
+"""scripts/gpu_eval.sh (docs/gpu.md): the parts that carry its luggage, and its whole path on the CPU
 (`make gpu-smoke`), down to re-checking the stored weights with task=evaluate."""
 import json
 import os
@@ -147,8 +147,6 @@ def test_planning_the_second_run_from_the_first_ones_epochs():
     assert epoch_s == pytest.approx(1.6 * 2 + 0.5) and epochs == 27
 
 
-@pytest.mark.skipif(not (REPO / "sweeper" / "pool.py").is_file(),
-                    reason="the sweep step needs the sweeper's device pool (hydra.sweeper.devices, issue 10)")
 def test_the_runbook_on_the_cpu_preflight_then_smoke_and_evaluate_reproduces_it(tmp_path):
     """The first device call's check, here without a GPU (the packages work; the capture is left for CUDA),
     then `make gpu-smoke` as the last call runs it, reading the first call's record: its throughput rows, not

@@ -1,4 +1,4 @@
-"""Short-schedule training options (issue 11, point 2): each a plain override, the defaults unchanged."""
+"""Short-schedule training options: each a plain override, the defaults unchanged."""
 import math
 
 import pytest
