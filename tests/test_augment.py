@@ -25,6 +25,22 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+# Ours against torchvision: two code paths, so "equal" allows a few pixels to differ. Nearest-pixel sampling
+# rounds coordinates, and exact ties (a shear of 0.2 makes many) go to one neighbour or the other by the last bit
+# of a float; torchvision forms its grid with a batched matmul whose summation (FMA or not, the BLAS kernel) is
+# the CPU's choice. On the 2-core AMD EPYC every op and policy here is bit-equal. A 0.1% share of pixels moved
+# to a neighbour is what a different summation order gave for shears of 0.2 (data/augment.py: warp); a real
+# mistake changes far more: rotating by 9 degrees where torchvision rotates by 10 moves 26% of the values, by -10
+# 94%, and one wrong row of 32 is 3%.
+PIXEL_SHARE = 0.005
+
+
+def assert_same_pixels(got, expected, what):
+    assert got.shape == expected.shape and got.dtype == expected.dtype, what
+    differ = (got != expected).float().mean().item()
+    assert differ <= PIXEL_SHARE, f"{what}: {differ:.2%} of the values differ from torchvision's"
+
+
 @pytest.mark.parametrize("name", ["none", "simple", "autoaugment"])
 def test_policies_keep_shape_dtype_and_range(images, name):
     cfg = OmegaConf.load(REPO / "conf" / "augmentation" / f"{name}.yaml")
@@ -77,7 +93,7 @@ def test_rotation_by_right_angles_matches_rot90(images, angle):
 @pytest.mark.parametrize("angle", [10.0, -7.3, 30.0])
 def test_rotation_matches_torchvision(images, angle):
     expected = torch.stack([TF.rotate(img, angle, interpolation=InterpolationMode.NEAREST) for img in images])
-    assert torch.equal(rotate(images, torch.full((len(images),), angle)), expected)
+    assert_same_pixels(rotate(images, torch.full((len(images),), angle)), expected, f"rotate({angle})")
 
 
 def test_simple_policy_is_rotation_then_crop_then_flip(images):
@@ -117,7 +133,7 @@ def test_every_autoaugment_op_equals_torchvision(images, op):
             got = warp(images, theta=inverse_matrix(op, value, (32, 32)).expand(len(images), 2, 3))
         else:
             got = PHOTOMETRIC_OPS[op](images, torch.full((len(images),), value, dtype=torch.float64))
-        assert torch.equal(got, expected), f"{op}({value}) differs from torchvision"
+        assert_same_pixels(got, expected, f"{op}({value})")
 
 
 
@@ -140,7 +156,7 @@ def test_equalize_leaves_flat_and_nearly_flat_channels_as_torchvision_does(image
     odd[2, 1] = 200
     odd[2, 1, 0, :100 // 32] = 3                 # all but a handful of pixels in one bin
     odd[3, 2] = torch.arange(32, dtype=torch.uint8).view(1, 32) * 8  # evenly spread
-    assert torch.equal(PHOTOMETRIC_OPS["Equalize"](odd, torch.zeros(4)), TF.equalize(odd))
+    assert_same_pixels(PHOTOMETRIC_OPS["Equalize"](odd, torch.zeros(4)), TF.equalize(odd), "Equalize")
 
 
 def test_autoaugment_changes_most_images_and_follows_the_policy(images):
@@ -173,7 +189,7 @@ def test_batched_autoaugment_equals_torchvision_image_by_image(images, policy):
                 name = aa.op_names[ops[i, step]]
                 magnitude = float(aa.magnitude[choice[i], step, signs[i, step]])
                 expected = _torchvision_op(expected.unsqueeze(0), name, magnitude)[0]
-        assert torch.equal(out[i], expected), f"image {i}: sub-policy {aa.policies[choice[i]]}"
+        assert_same_pixels(out[i], expected, f"image {i}: sub-policy {aa.policies[choice[i]]}")
 
 
 def test_unknown_policy_is_named():
