@@ -147,7 +147,20 @@ ROWS = [  # (overrides after BASE, key, the value as the line shows it)
     (["lr_range.min_lr_divisor=1"], "lr_range.min_lr_divisor", "1"),
 ]
 
-ONE_LINE_CASES = [  # (overrides after BASE, the line's start): a key the schema lacks, a value of the wrong type
+ONE_LINE_CASES = [  # (overrides after BASE, the line's start): a key the schema lacks, a value of the wrong type,
+    # a key the chosen optimizer or schedule does not read (ignored before, without a word), a name whose keys the
+    # group lacks (a traceback before: ConfigAttributeError from the build's plan)
+    (["optimizer.name=sgd"], "error: optimizer.name=sgd: needs optimizer.momentum, optimizer.nesterov, which this "
+                             "config does not set: choose it with optimizer=sgd"),
+    (["scheduler.name=step"], "error: scheduler.name=step: needs scheduler.step_epochs, scheduler.gamma"),
+    (["+optimizer.momentum=0.9"], "error: optimizer.momentum=0.9: adamw does not use it (it is for optimizer=sgd); "
+                                  "optimizer=adamw takes lr, betas, weight_decay"),
+    (["optimizer=sgd", "+optimizer.betas=[0.9,0.99]"], "error: optimizer.betas=[0.9,0.99]: sgd does not use it (it "
+                                                       "is for optimizer=adam or optimizer=adamw)"),
+    (["scheduler=step", "+scheduler.max_lr=0.1"], "error: scheduler.max_lr=0.1: step does not use it (it is for "
+                                                  "scheduler=onecycle or scheduler=cyclic); scheduler=step takes "
+                                                  "step_epochs, gamma"),
+    (["recipe=short", "optimizer=adamw"], "error: optimizer.momentum=0.9: adamw does not use it"),  # the recipe's SGD keys
     (["+trainer.foo=1"], "error: trainer.foo=1: not a config key; trainer has epochs, batch_size"),
     (["+model.layers.layer1.width=3"], "error: model.layers.layer1.width=3: not a config key; model.layers.layer1 "
                                        "has block, blocks, channels"),

@@ -242,7 +242,7 @@ def compare_with_eager(cfg, device, steps=20, batch_size=256, capture=None, seed
     # steps) reached its peak by step 4 and the loss diverged to NaN by step 8 on the H200, in both runs alike,
     # which would leave most of the comparison without a number.
     OmegaConf.update(cfg, "optimizer.lr", float(cfg.optimizer.lr) / 10)
-    OmegaConf.update(cfg, "scheduler.name", "constant", force_add=True)
+    OmegaConf.update(cfg, "scheduler", {"name": "constant"}, merge=False)  # the schedule's keys go with it
     channels_last = device.type == "cuda" and cfg.trainer.channels_last in ("auto", True)
     torch.manual_seed(seed)
     start = build_model(cfg, device=device)

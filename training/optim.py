@@ -4,9 +4,41 @@ import math
 import torch
 
 from errors import OptimConfigError
+from training.schema import show_value
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "onecycle", "cyclic", "step")
+
+# The keys each optimizer and schedule reads besides `name`: (needed, optional). A key that the named one does not
+# read would be ignored without a word (`+optimizer.momentum=0.9` with AdamW), and one it needs would fail deep in
+# the build (`optimizer.name=sgd` on AdamW's keys): `check_keys` refuses both in one line, before anything is built.
+_SCALING = ("weight_decay", "decay_norm_and_bias", "scale_lr_with_batch", "per_1024_images")
+OPTIMIZER_KEYS = {"sgd": (("lr", "momentum", "nesterov"), _SCALING),
+                  "adam": (("lr",), ("betas", *_SCALING)),
+                  "adamw": (("lr",), ("betas", *_SCALING))}
+SCHEDULER_KEYS = {"constant": ((), ()),
+                  "cosine": (("warmup_epochs", "min_lr_ratio"), ("warmup_start", "decay")),
+                  "onecycle": (("pct_start", "anneal_strategy", "div_factor", "final_div_factor"), ("max_lr",)),
+                  "cyclic": (("step_size_up_epochs", "mode"), ("base_lr", "max_lr", "bounds_from")),
+                  "step": (("step_epochs", "gamma"), ())}
+
+
+def check_keys(node, group, table):
+    """The `group` node (optimizer, scheduler) sets what its `name` reads and nothing else (null: not set)."""
+    name = str(node.name)
+    needed, optional = table[name]
+    missing = [f"{group}.{key}" for key in needed if node.get(key) is None]
+    if missing:
+        raise OptimConfigError(f"{group}.name={name}: needs {', '.join(missing)}, which this config does not set: "
+                               f"choose it with {group}={name} (its preset sets them), or add them with "
+                               f"+{group}.KEY=VALUE")
+    for key in node:
+        if key == "name" or key in needed or key in optional or node.get(key) is None:
+            continue
+        readers = [other for other, (a, b) in table.items() if key in a or key in b]
+        owner = f" (it is for {' or '.join(f'{group}={r}' for r in readers)})" if readers else ""
+        raise OptimConfigError(f"{group}.{key}={show_value(node.get(key))}: {name} does not use it{owner}; "
+                               f"{group}={name} takes {', '.join(needed + optional)}")
 
 
 def param_groups(model, weight_decay, decay_norm_and_bias):
@@ -79,6 +111,7 @@ def optimizer_plan(cfg):
     name = str(cfg.optimizer.name)
     if name not in OPTIMIZERS:
         raise OptimConfigError(f"optimizer.name='{name}' is unknown: use one of {', '.join(OPTIMIZERS)}")
+    check_keys(cfg.optimizer, "optimizer", OPTIMIZER_KEYS)
     lr = base_lr(cfg)
     if not lr > 0:
         raise OptimConfigError(f"optimizer.lr={lr} must be > 0")
@@ -114,6 +147,7 @@ def scheduler_plan(cfg, peak_lr, steps_per_epoch, epochs):
     total = max(1, steps_per_epoch * epochs)
     if name not in SCHEDULERS:
         raise OptimConfigError(f"scheduler.name='{name}' is unknown: use one of {', '.join(SCHEDULERS)}")
+    check_keys(sched, "scheduler", SCHEDULER_KEYS)
     if name == "constant":
         return "LambdaLR", dict(lr_lambda=_constant)
     if name == "cosine":

@@ -251,7 +251,7 @@ def validate(cfg, groups=None):
     given = cfg if len(keys) == len(cfg) else OmegaConf.masked_copy(cfg, keys)
     layers = given.model.get("layers") if isinstance(given.get("model"), DictConfig) else None
     if layers is not None and (not isinstance(layers, DictConfig) or not len(layers)):
-        raise _error("model.layers", f"model.layers={_show(_at(given, 'model.layers'))}: must be a mapping of "
+        raise _error("model.layers", f"model.layers={show_value(_at(given, 'model.layers'))}: must be a mapping of "
                                      f"named entries, e.g. model=final")
     try:
         merged = OmegaConf.merge(_STRUCTURED[0], given)
@@ -316,14 +316,14 @@ def _check_ranges(node, schema, path):
         inner = getattr(spec.type, "__dataclass_fields__", None) if isinstance(spec.type, type) else None
         if inner is not None:
             if not isinstance(value, DictConfig):
-                raise _error(where, f"{where}={_show(value)}: must be a group of keys ({', '.join(inner)})")
+                raise _error(where, f"{where}={show_value(value)}: must be a group of keys ({', '.join(inner)})")
             _check_ranges(value, spec.type, where)
             continue
         check = _rule(spec)
         plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
         problem = check(plain)
         if problem:
-            raise _error(where, f"{where}={_show(plain)}: {problem}")
+            raise _error(where, f"{where}={show_value(plain)}: {problem}")
 
 
 def _rule(spec):
@@ -342,7 +342,7 @@ def _unknown_key(given, key):
             schema = spec.type
         siblings = [f.name for f in fields(schema)]
     owner = parent or "the config"
-    return f"{key}={_show(_at(given, key))}: not a config key; {owner} has {', '.join(siblings)}"
+    return f"{key}={show_value(_at(given, key))}: not a config key; {owner} has {', '.join(siblings)}"
 
 
 def _at(node, key):
@@ -351,13 +351,14 @@ def _at(node, key):
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
-def _show(value):
+def show_value(value):
+    """A value as it is typed on the command line (true, null, [0.9,0.99]): how every error line shows one."""
     if isinstance(value, bool):
         return str(value).lower()
     if value is None:
         return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_show(v) for v in value) + "]"
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "[" + ",".join(show_value(v) for v in value) + "]"
     return str(value)
 
 
