@@ -184,6 +184,13 @@ class ConstrainedSweep:
         self.proposer = Proposer.for_sweep(self, self.store)
         starts.prepare(study, getattr(self, "starts", None), self.space)
         self.resumer = Resumer(self.store)
+        trained = trained_trials(study.get_trials(deepcopy=False))
+        changed = space_mod.changed_keys(self.space, trained)
+        if changed:  # a re-run with another space under the same study name mixes both, and counts the old trials
+            keys = f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'}"
+            log.warning(f"study {study.study_name}: its trained trials ({len(trained)}) come from another search space "
+                        f"({keys}); they count towards n_trials and guide the sampler. For a fresh study, set "
+                        f"hydra.sweeper.study_name")
         return study
 
     # --- set-up (sweeper/setup.py); these four are the sweep's own so that tests can call them on it ----------

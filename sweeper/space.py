@@ -204,6 +204,17 @@ def in_space(space, params):
     return set(params) == set(drawn)
 
 
+def changed_keys(space, trials):
+    """The keys on which `trials` (a resumed study's) differ from `space`: drawn then but not searched now,
+    drawn from another distribution, or searched now (unconditionally) but drawn by none of them; sorted."""
+    changed = {name for trial in trials for name, distribution in trial.distributions.items()
+               if space.get(name) != distribution}
+    drawn = {name for trial in trials for name in trial.distributions}
+    when = conditions_of(space)
+    changed.update(name for name in space if trials and name not in drawn and not when.get(name))
+    return sorted(changed)
+
+
 def unseen_cell(space, seen, rng):
     """A random configuration of a finite space whose key is not in `seen`, or None."""
     if (size(space) or MAX_ENUMERATED_CELLS + 1) > MAX_ENUMERATED_CELLS:

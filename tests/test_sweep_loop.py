@@ -110,6 +110,21 @@ def test_a_running_trial_that_never_had_a_heartbeat_is_failed_after_the_grace_pe
     assert time.monotonic() - started >= 2  # not before grace_period
 
 
+def test_a_study_resumed_with_another_space_says_so(tmp_path, launcher, caplog):
+    """Re-running with the same study name continues it; with another space, the old trials would count towards
+    n_trials and guide the sampler without a word, so the sweep says which keys differ."""
+    sweep, study = make_sweep(tmp_path, "x=interval(0,1)", "y=choice(1,2)", n_trials=2)
+    sweep.loop(study)
+    sweep.heartbeats.stop()
+    make_sweep(tmp_path, "y=choice(1,2)", "x=interval(0,1)", n_trials=3)  # the same space (in another order)
+    assert "another search space" not in caplog.text
+    make_sweep(tmp_path, "x=interval(0,2)", "y=choice(1,2)", "z=range(1,3)", n_trials=3)
+    assert "study s: its trained trials (2) come from another search space (x, z differ)" in caplog.text
+    caplog.clear()
+    make_sweep(tmp_path, "x=interval(0,1)", n_trials=3)  # y fixed or dropped: not searched now
+    assert "(y differs)" in caplog.text
+
+
 # --- 2. the end-of-sweep summary ------------------------------------------------------------------------
 def test_a_summary_that_fails_is_a_warning_and_the_parent_run_ends_failed(tmp_path, launcher, monkeypatch, caplog):
     from sweeper import job, report, secrets
