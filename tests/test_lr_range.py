@@ -35,6 +35,16 @@ def test_suggestion_reads_the_steepest_descent_of_a_known_curve():
     assert high == pytest.approx(facts["lr_at_min_loss"] / 10)
 
 
+@pytest.mark.parametrize("steps", [5, 10, 30])  # lr_range.steps from its least (10); a scan may stop after 5
+def test_a_short_scan_is_smoothed_point_for_point_and_gives_a_suggestion(steps):
+    """The smoothing kernel (31 points at smoothing 0.95) is cut to the curve's length."""
+    lrs = np.logspace(-5, 1, steps)
+    losses = 2.3 - np.log10(lrs) / 10
+    low, high, _, smooth = suggest(lrs, losses, {**SETTINGS, "smoothing": 0.95})
+    assert len(smooth) == steps and np.isfinite(smooth).all()
+    assert 0 < low < high <= lrs[-1]
+
+
 def test_scan_stops_early_when_the_loss_explodes():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))

@@ -22,7 +22,10 @@ def zero_lag(values, beta):
     and, unlike a backward EMA, almost no leak of the final blow-up into the minimum just before it."""
     values = np.asarray(values, dtype=float)
     sigma = max(1.0, 0.25 / (1 - beta)) if beta > 0 else 1e-9
-    offsets = np.arange(-int(3 * sigma), int(3 * sigma) + 1)
+    # At most as wide as the curve: np.convolve's "same" returns the longer of the two, so a 31-point kernel
+    # (beta 0.95) made a 10-step scan's curve 31 points long and the suggestion failed (lr_range.steps=10).
+    reach = min(int(3 * sigma), (len(values) - 1) // 2)
+    offsets = np.arange(-reach, reach + 1)
     kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
     total = np.convolve(values, kernel, mode="same")
     weight = np.convolve(np.ones_like(values), kernel, mode="same")  # renormalise where the kernel is cut
@@ -32,10 +35,10 @@ def zero_lag(values, beta):
 def suggest(lrs, losses, settings):
     """(min_lr, max_lr, facts, smoothed loss) from the curve; facts['rule'] spells out the rule."""
     lrs = np.asarray(lrs, dtype=float)
-    smooth = zero_lag(losses, settings["smoothing"])
     if len(lrs) < 5:
         raise OptimConfigError(f"the LR range test stopped after {len(lrs)} steps, too few to read a suggestion: "
                                f"lower lr_range.min_lr or raise lr_range.divergence")
+    smooth = zero_lag(losses, settings["smoothing"])
     lowest = int(np.argmin(smooth))
     slope = np.gradient(smooth, np.log10(lrs))
     steepest = int(np.argmin(slope[:lowest + 1]))
