@@ -235,6 +235,7 @@ def test_a_final_run_cut_at_its_deadline_is_evaluated_from_its_last_checkpoint(t
                      f"trainer.checkpoint_dir={tmp_path / 'ckpt'}", "trainer.keep_checkpoint=true",
                      f"trainer.save_weights={tmp_path / 'finished.pt'}"], tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "| val acc none (data.val_size=0) |" in run.stdout  # no validation split (it printed "nan%")
     stored = float(re.search(r"test acc of the stored weights \(fp32, TF32 off\) ([\d.]+)%", run.stdout).group(1))
     images, _ = load_dataset(CIFAR10, root, expected_train=120, expected_test=40)["train"]
     lines = []

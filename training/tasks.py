@@ -115,9 +115,9 @@ def train(cfg, report):
             final.update(store_weights(cfg, learner.evaluated, runtime, test_loader))
         tracker.log_final(final)
         save_artifacts(cfg, tracker, learner.evaluated, history, report, out_dir, train_loader)
-        print(f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | val acc "
-              f"{100 * history[-1].get('val_acc', float('nan')):.2f}% | {format_time(final['train_time'])} total",
-              flush=True)
+        val_text = f"{100 * history[-1]['val_acc']:.2f}%" if val_loader is not None else "none (data.val_size=0)"
+        print(f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | val acc {val_text} | "
+              f"{format_time(final['train_time'])} total", flush=True)
     value = history[-1]["val_acc"] if val_loader is not None else test_acc
     # A two-objective sweep (direction [maximize, minimize]) trades accuracy against size.
     return [value, report.total] if trial is not None and len(trial.directions) == 2 else value
