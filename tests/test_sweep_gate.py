@@ -81,10 +81,12 @@ def nothing_written(tmp_path):
     assert runs == []
 
 
-@pytest.mark.parametrize("case", ["missing search key", "missing dataset", "unreachable tracking server"])
+@pytest.mark.parametrize("case", ["missing search key", "missing dataset", "unreachable tracking server",
+                                  "no validation split"])
 def test_a_sweep_that_cannot_start_says_why_in_one_line(case, data, tmp_path):
     tracking = fresh_sqlite_store(tmp_path)
     args = {"missing search key": [*data_overrides(data), "model.depth_mul=choice(0.5,1.0)"],
+            "no validation split": [*data_overrides(data), "data.val_size=0", "model.dropout=interval(0,0.3)"],
             "missing dataset": [*data_overrides(tmp_path / "nowhere"), "model.dropout=interval(0,0.3)"],
             "unreachable tracking server": [*data_overrides(data), "model.dropout=interval(0,0.3)",
                                             "mlflow.tracking_uri=http://127.0.0.1:9"]}[case]
@@ -95,7 +97,8 @@ def test_a_sweep_that_cannot_start_says_why_in_one_line(case, data, tmp_path):
     expected = {"missing search key": "error: hydra.sweeper.params: 'model.depth_mul' is not a key of the config "
                                       "(model=tiny)",
                 "missing dataset": "error: CIFAR-10 not found",
-                "unreachable tracking server": "error: MLflow tracking server http://127.0.0.1:9 cannot be reached"}
+                "unreachable tracking server": "error: MLflow tracking server http://127.0.0.1:9 cannot be reached",
+                "no validation split": "error: data.val_size=0: a sweep ranks its trials by validation accuracy"}
     assert lines[-1].startswith(expected[case])
     nothing_written(tmp_path)
 

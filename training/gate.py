@@ -63,8 +63,12 @@ def gflops_over_budget(cfg):
 
 
 def preflight(cfg):
-    """What a sweep checks once before its first trial: the dataset files are there (names only, nothing
-    read; data.download=true passes) and an http(s) tracking server answers. Raises DatasetError / TrackingError."""
+    """What a sweep checks once before its first trial: it has validation images to rank its trials by, the
+    dataset files are there (names only, nothing read; data.download=true passes) and an http(s) tracking server
+    answers. Raises ConfigError / DatasetError / TrackingError."""
+    if cfg.data.val_size == 0:  # a single run then returns its test accuracy: a sweep would select on the test set
+        raise ConfigError("data.val_size=0: a sweep ranks its trials by validation accuracy, and without validation "
+                          "images it would rank them on the test set: use data.val_size >= 1 (5,000 by default)")
     from data import check_available
     from training.tracking import check_reachable
     check_available(cfg.data)
