@@ -174,6 +174,17 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     checkpoint.save(checkpoint.checkpoint_path(cfg), {"config_key": checkpoint.config_key(cfg), "epoch": 1})
     with pytest.raises(checkpoint.CheckpointError, match="different config"):
         checkpoint.load(checkpoint.checkpoint_path(other), other, Tracker(other))
+    # A checkpoint records its config (URLs masked), so the line says what differs.
+    longer = compose_cfg([f"trainer.checkpoint_dir={tmp_path}/ckpt", f"mlflow.tracking_uri={store}", "trainer.epochs=4",
+                          "trainer.resume=true"])
+    checkpoint.save(checkpoint.checkpoint_path(cfg), {"config_key": checkpoint.config_key(cfg), "epoch": 1,
+                                                      "config": checkpoint.recorded_config(cfg)})
+    with pytest.raises(checkpoint.CheckpointError) as caught:
+        checkpoint.load(checkpoint.checkpoint_path(longer), longer, Tracker(longer))
+    assert f"was written for a different config (trainer.epochs: {cfg.trainer.epochs} there, 4 here): set " \
+        "trainer.checkpoint_dir to another folder" in str(caught.value)
+    secret = compose_cfg(["mlflow.tracking_uri=postgresql://user:hunter2@db.example/mlflow"])
+    assert "hunter2" not in str(checkpoint.recorded_config(secret))
     # The default folder is the same for the same command, with or without resume, and differs otherwise.
     plain = compose_cfg(["model=tiny"])
     assert checkpoint.checkpoint_path(plain) == checkpoint.checkpoint_path(

@@ -29,13 +29,40 @@ FILE = "last.pt"
 NOT_IN_KEY = ("resume", "checkpoint_dir", "keep_checkpoint", "log_every")
 
 
-def config_key(cfg) -> str:
+def _keyed(cfg) -> dict:
+    """The resolved config as the key sees it: without hydra, dry_run and NOT_IN_KEY."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
     resolved.pop("dry_run", None)
     for key in NOT_IN_KEY:
         resolved.get("trainer", {}).pop(key, None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return resolved
+
+
+def config_key(cfg) -> str:
+    return hashlib.sha256(json.dumps(_keyed(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def recorded_config(cfg) -> dict:
+    """{dotted key: value as JSON text} of the keyed config, URLs masked (a checkpoint keeps no password): what a
+    checkpoint records, so that a resume with another config is told which keys differ."""
+    return _flat(_keyed(cfg))
+
+
+def _flat(node, prefix=""):
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: mask_url(json.dumps(node, default=str))}
+
+
+def _differences(then, now, most=3):
+    """'key: <value> there, <value> here' for the keys whose values differ (a checkpoint of an older version
+    recorded no config: empty)."""
+    if not then:
+        return ""
+    keys = sorted(key for key in set(then) | set(now) if then.get(key) != now.get(key))
+    shown = [f"{key}: {then.get(key, '(none)')} there, {now.get(key, '(none)')} here" for key in keys[:most]]
+    return " (" + "; ".join(shown) + (f"; {len(keys) - most} more" if len(keys) > most else "") + ")"
 
 
 def checkpoint_path(cfg) -> Path:
@@ -77,8 +104,9 @@ def load(path: Path, cfg, tracker, trial=None):
     if trial is not None and not trial.resume_from and state.get("sweep_trial") != trial.key:
         return None
     if state.get("config_key") != config_key(cfg):
-        raise CheckpointError(f"checkpoint {path} was written for a different config: set trainer.checkpoint_dir "
-                              f"to another folder, or trainer.resume=false to start over")
+        differ = _differences(state.get("config"), recorded_config(cfg))
+        raise CheckpointError(f"checkpoint {path} was written for a different config{differ}: set "
+                              f"trainer.checkpoint_dir to another folder, or trainer.resume=false to start over")
     if not tracker.has_run(state["mlflow_run_id"]):
         raise CheckpointError(f"checkpoint {path} logs to MLflow run {state['mlflow_run_id']}, which "
                               f"{mask_url(str(cfg.mlflow.tracking_uri))} does not have: use the store it was started with, "
@@ -101,6 +129,7 @@ def capture(cfg, *, model, optimizer, scheduler, scaler, ema, train_loader, hist
     """The state after a finished epoch (len(history) epochs done)."""
     return {
         "config_key": config_key(cfg),
+        "config": recorded_config(cfg),
         "sweep_trial": trial.key if trial is not None else None,
         "epoch": len(history),
         "history": history,
