@@ -14,6 +14,7 @@ import gc
 if __name__ == "__main__":
     gc.disable()  # while the imports run: __main__ below says why
 import os  # noqa: E402
+import sys  # noqa: E402
 
 import hydra  # noqa: E402
 
@@ -51,6 +52,11 @@ if __name__ == "__main__":
     gc.enable()
     try:
         train.main()
+        if app.stopped_jobs:  # a plain multirun (`-m a=1,2`): each said why in its own line when it stopped
+            jobs = "; ".join(f"#{num} ({' '.join(overrides)}): {why}" for num, overrides, why, _ in app.stopped_jobs)
+            print(f"error: {len(app.stopped_jobs)} job(s) of this multirun did not finish: {jobs}; the others ran",
+                  file=sys.stderr, flush=True)
+            sys.exit(max(code for *_, code in app.stopped_jobs))
     finally:
         # Python's exit frees every object one by one and collects cycles among torch's, MLflow's and Optuna's
         # modules: 1.5 s here after a sweep's imports. Frozen objects are left to the OS, as they are at any

@@ -146,3 +146,25 @@ def test_train_py_exits_cleanly_on_bad_input(name, subprocess_results):
     else:  # Hydra's: the problem first, then the options to pick from
         assert err.strip().splitlines()[0].startswith("In 'config': Could not find") and "Available options" in err
     assert not (cwd / "mlflow.db").exists() and not (cwd / "checkpoints").exists()
+
+
+def test_a_plain_multirun_names_the_jobs_that_stopped_and_runs_the_others(data, tmp_path):
+    """`-m a=1,2` with Hydra's own sweeper: an over-budget job is one line and trains nothing, a diverging one is
+    one line, the others train, and train.py exits 2 after the last, naming the stopped jobs (before: the first
+    diverged job ended the multirun with exit 1; a bad one, Hydra's traceback after the last job)."""
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", "model=tiny", "optimizer=sgd",
+                             "scheduler=constant", "model.width_mult=1.0,30", "optimizer.lr=0.01,1e12",
+                             *data_overrides(data["good"]), "trainer.epochs=1",
+                             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                             f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+                            cwd=tmp_path, env=train_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 4, lines  # jobs #1 (diverged), #2 and #3 (over budget), then the summary
+    # one step at lr 1e12: its training loss was finite, the weights after it were not
+    assert lines[0] == "error: validation loss became nan after epoch 1"
+    assert all("over the budget of 5,000,000" in line for line in lines[1:3])
+    assert lines[3].startswith("error: 3 job(s) of this multirun did not finish: #1 (model=tiny optimizer=sgd ")
+    assert "): diverged; #2 (" in lines[3] and lines[3].endswith("): bad input, before training; the others ran")
+    assert result.stdout.count("test loss ") == 1  # job #0 trained and was tested

@@ -2,7 +2,10 @@
 
 - a user error (errors.UserError: a bad value, a missing dataset, an unreachable server) -> one
   line `error: <message>` on stderr and exit code 2, before any training; in a sweep it is raised
-  instead, for the sweeper to record the trial as failed;
+  instead, for the sweeper to record the trial as failed; in a plain multirun (`-m a=1,2`: Hydra's own
+  sweeper, jobs in this process) the line is printed, the other jobs run, and train.py exits 2 at the
+  end (`stopped_jobs`), where Hydra would print a traceback after the last job (a diverged job: the same,
+  exit 1 unless bad input stopped another);
 - a diverged run (errors.DivergedError) -> one line and exit code 1; in a sweep, the sweeper's
   Failed marker (a result of the trial: recorded FAIL, the sweep goes on, no crash counted);
 - a sweep trial stopped by its pruner -> returns the sweeper's Pruned marker, a normal end;
@@ -18,6 +21,11 @@ from sweeper.job import Failed, Pruned, TrialPruned, current_trial
 from sweeper.signals import Terminated
 from training.gate import check_config
 from training.tasks import TASKS, in_multirun
+
+
+# A plain multirun's jobs that bad input or divergence stopped: (job number, overrides, why, exit code); train.py
+# reads it after the last job.
+stopped_jobs = []
 
 
 def run(cfg):
@@ -42,14 +50,18 @@ def main(cfg):
     except TrialPruned as pruned:
         return Pruned(str(pruned))  # a normal end for a sweep trial, not a job error
     except DivergedError as err:
-        if current_trial() is None:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            sys.exit(1)
-        return Failed(f"diverged: {err}")
+        if current_trial() is not None:
+            return Failed(f"diverged: {err}")
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        if in_multirun() and _plain_multirun():
+            return _stopped("diverged", 1)
+        sys.exit(1)
     except UserError as err:
-        if in_multirun():
+        if in_multirun() and not _plain_multirun():
             raise  # the sweeper records the trial as failed and goes on
         print(f"error: {err}", file=sys.stderr, flush=True)
+        if in_multirun():
+            return _stopped("bad input, before training", 2)
         sys.exit(2)
     except KeyboardInterrupt as stop:
         if in_multirun():
@@ -59,6 +71,23 @@ def main(cfg):
               f"of the last finished epoch is kept: run the same command with trainer.resume=true to go on",
               file=sys.stderr, flush=True)
         sys.exit(143 if terminated else 130)  # the shell's codes for SIGTERM and Ctrl-C (a scheduler reads them)
+
+
+def _stopped(reason, code):
+    """Record this plain-multirun job as stopped (its line is printed); the next job runs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from sweeper.secrets import mask_url
+    job = HydraConfig.get()
+    stopped_jobs.append((job.job.num, [mask_url(o) for o in job.overrides.task], reason, code))
+
+
+def _plain_multirun():
+    """Hydra's own sweeper and launcher: the jobs run one after another in this process, and a job's exception
+    would surface as a traceback after the last one (a sweep trial of sweeper/ has current_trial())."""
+    from hydra.core.hydra_config import HydraConfig
+    hydra_cfg = HydraConfig.get()
+    return current_trial() is None and str(hydra_cfg.launcher.get("_target_", "")).endswith(".BasicLauncher")
 
 
 def _verbose():

@@ -1,6 +1,7 @@
 """What a job does, by `task=`: train (the default), the LR range test, or evaluate a weights file. Each
 starts from a config the gate has passed (training/gate.py) and returns the job's result."""
 import copy
+import math
 import os
 import tempfile
 import time
@@ -9,6 +10,7 @@ from dataclasses import replace
 from omegaconf import OmegaConf, open_dict
 
 from data import make_loaders
+from errors import DivergedError
 from models import build_model
 from sweeper import signals
 from sweeper.job import current_trial
@@ -87,6 +89,10 @@ def train(cfg, report):
             row = learner.train_epoch(train_loader, epoch, progress)
             if val_loader is not None:
                 row["val_loss"], row["val_acc"] = learner.evaluate(val_loader, label="validation")
+                # Weights gone non-finite in the epoch's last step leave its training loss finite; their accuracy
+                # (every prediction one class) would be a trial's value. Before the checkpoint: the last one stays.
+                if not math.isfinite(row["val_loss"]):
+                    raise DivergedError(f"validation loss became {row['val_loss']} after epoch {epoch}")
             row["epoch_time"] = time.perf_counter() - epoch_start  # training and validation
             history.append(row)
             # The epoch is recorded whole or not at all: a SIGTERM between the checkpoint and the MLflow log lost
@@ -107,6 +113,8 @@ def train(cfg, report):
 
         test_start = time.perf_counter()
         test_loss, test_acc = learner.evaluate(test_loader, tta=cfg.trainer.tta, label="test")
+        if not math.isfinite(test_loss):
+            raise DivergedError(f"test loss became {test_loss} after epoch {epochs}")
         final = {"test_loss": test_loss, "test_acc": test_acc, "test_time": time.perf_counter() - test_start,
                  "train_time": time.perf_counter() - started}
         if val_loader is not None:
