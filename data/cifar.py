@@ -18,7 +18,8 @@ from errors import DatasetError
 
 def dataset_dir(spec, root) -> Path:
     """Accept either the folder holding `spec.folder` or that folder itself."""
-    root = Path(os.path.expanduser(str(root)))
+    from sweeper.stores import from_launch_dir  # a relative root is the launch folder's, with hydra.job.chdir too
+    root = Path(from_launch_dir(os.path.expanduser(str(root))))
     return root if root.name == spec.folder else root / spec.folder
 
 

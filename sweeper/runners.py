@@ -13,6 +13,7 @@ from omegaconf import open_dict
 
 from sweeper import job as job_api, secrets
 from sweeper.display import LaunchLines
+from sweeper.stores import anchored
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ def share_identity(study_name, storage_url, parent, directions):
     """What every job of this sweep shares (study, storage, parent run) goes into this process's environment,
     which launched jobs inherit (the pool's workers, started earlier, get it with each trial); what differs per
     job goes into `hydra.job.env_set` (identity). Returns it."""
-    shared = {job_api.ENV_STUDY: study_name, job_api.ENV_STORAGE: secrets.mask_url(storage_url or ""),
+    shared = {job_api.ENV_STUDY: study_name, job_api.ENV_STORAGE: secrets.mask_url(anchored(storage_url or "")),
               job_api.ENV_PARENT_RUN: parent or "", job_api.ENV_DIRECTIONS: ",".join(directions),
               secrets.ENV: os.environ.get(secrets.ENV, "{}")}
     os.environ.update(shared)

@@ -24,6 +24,31 @@ def sqlite_path(url):
     return None if not path or path == ":memory:" else os.path.abspath(path)
 
 
+def from_launch_dir(path):
+    """`path` as the folder the command was started in reads it. A Hydra job with hydra.job.chdir=true runs in its
+    own output folder, where a relative path names another file: the sweep's sqlite study (`sqlite:///optuna.db`)
+    was a new, empty database there and every trial failed with "Record does not exist". Unchanged when absolute,
+    outside Hydra, or when the job runs where it was started."""
+    if os.path.isabs(path):
+        return path
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return path
+    launch = HydraConfig.get().runtime.cwd
+    return path if os.path.realpath(launch) == os.path.realpath(os.getcwd()) else os.path.join(launch, path)
+
+
+def anchored(url):
+    """A `sqlite:///` or `journal:` URL whose file is a relative path, with that path made absolute from the launch
+    folder (from_launch_dir); any other URL unchanged."""
+    for prefix in ("sqlite:///", JOURNAL):
+        if isinstance(url, str) and url.startswith(prefix):
+            path, sep, query = url[len(prefix):].partition("?")
+            if path and path != ":memory:" and not os.path.isabs(os.path.expanduser(path)):
+                return prefix + os.path.abspath(from_launch_dir(os.path.expanduser(path))) + sep + query
+    return url
+
+
 def make_sqlite_folder(url):
     """sqlite cannot create a database file in a folder that is not there; make the folder."""
     path = sqlite_path(url)

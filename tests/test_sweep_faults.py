@@ -147,3 +147,23 @@ def test_a_sweep_killed_mid_trial_completes_when_run_again(data, tmp_path):
     assert by_number[interrupted].data.tags["trial_state"] == "FAIL"
     parent_metrics = parents[0].data.metrics
     assert parent_metrics["trials_complete"] == 3 and parent_metrics["trials_failed"] == 1
+
+
+def test_a_sweep_whose_jobs_change_folder_keeps_one_study_store_and_dataset(data, tmp_path):
+    """hydra.job.chdir=true runs each job in its own output folder. Relative paths (the default storage
+    sqlite:///optuna.db, the MLflow store, data.root) are the launch folder's for the jobs too: before, each job
+    opened a new, empty optuna.db in its folder and every trial crashed ("Record does not exist")."""
+    import shutil
+    shutil.copytree(data, tmp_path / "data")
+    args = sweep_args("data", "sqlite:///mlflow.db", "sqlite:///optuna.db", "moved", 2, tmp_path / "multirun",
+                      epochs=1, extra=["hydra.job.chdir=true"])
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=train_env(),
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="moved", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state for t in launched(study)] == [TrialState.COMPLETE] * 2
+    children, parents = trial_runs(f"sqlite:///{tmp_path}/mlflow.db", "cifar10-resnet")
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(p.name for p in tmp_path.rglob("*.db")) == ["mlflow.db", "optuna.db"]  # none in the job folders
+

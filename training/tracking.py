@@ -18,6 +18,7 @@ from sweeper import mlflow_store
 from sweeper.mlflow_store import check_reachable  # noqa: F401 - importable from here as before
 from sweeper.records import ERROR, MODEL_URI, PARENT_RUN, TRIAL_NUMBER
 from sweeper.secrets import mask_url, reveal
+from sweeper.stores import anchored
 
 RECORDS_FILE = "metrics.jsonl"
 
@@ -111,7 +112,7 @@ class Tracker:
 
     def __init__(self, cfg, out_dir=None):
         self.cfg = cfg
-        self.uri = str(cfg.mlflow.tracking_uri)
+        self.uri = anchored(str(cfg.mlflow.tracking_uri))  # the launch folder's store, with hydra.job.chdir too
         self.experiment = str(cfg.mlflow.experiment)
         self.records = os.path.join(out_dir, RECORDS_FILE) if out_dir else None
         self.run_id = None
