@@ -22,8 +22,8 @@ def zero_lag(values, beta):
     and, unlike a backward EMA, almost no leak of the final blow-up into the minimum just before it."""
     values = np.asarray(values, dtype=float)
     sigma = max(1.0, 0.25 / (1 - beta)) if beta > 0 else 1e-9
-    # At most as wide as the curve: np.convolve's "same" returns the longer of the two, so a 31-point kernel
-    # (beta 0.95) made a 10-step scan's curve 31 points long and the suggestion failed (lr_range.steps=10).
+    # At most as wide as the curve: np.convolve's "same" returns the longer of the two, so the 29-point kernel of
+    # beta 0.95 made a 10-step scan's curve 29 points long and the suggestion failed (lr_range.steps 10 to 28).
     reach = min(int(3 * sigma), (len(values) - 1) // 2)
     offsets = np.arange(-reach, reach + 1)
     kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
